@@ -1,0 +1,3 @@
+from distilintent.cli import main
+
+raise SystemExit(main())

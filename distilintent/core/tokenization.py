@@ -1,0 +1,55 @@
+"""Text → token ids with the Hugging Face ``tokenizers`` library (shared by training and serving)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+class TextEncoder:
+    """Tokenizes texts into ``input_ids``/``attention_mask`` int64 arrays, truncated to ``max_length``.
+
+    Padding is done here, not by the tokenizer: to the longest text of the batch, or to ``pad_to``
+    (a static-shape bucket). Texts longer than ``max_length`` tokens are truncated (the end is cut).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_token_id: int | None = None) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if pad_token_id is None:
+            pad_token_id = tokenizer.token_to_id("[PAD]")
+        self.pad_token_id = int(pad_token_id or 0)
+
+    @classmethod
+    def from_str(cls, json_text: str, max_length: int, pad_token_id: int | None = None) -> TextEncoder:
+        return cls(Tokenizer.from_str(json_text), max_length, pad_token_id)
+
+    @classmethod
+    def from_file(cls, path: str, max_length: int, pad_token_id: int | None = None) -> TextEncoder:
+        return cls(Tokenizer.from_file(str(path)), max_length, pad_token_id)
+
+    def to_str(self) -> str:
+        return self.tokenizer.to_str()
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        if len(texts) == 1:
+            return [self.tokenizer.encode(texts[0]).ids]
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+
+    def pad(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        width = max(pad_to or 0, max((len(row) for row in ids), default=1), 1)
+        input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = tokens
+            attention_mask[row, : len(tokens)] = 1
+        return input_ids, attention_mask
+
+    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.pad(self.token_ids(texts), pad_to)

