@@ -40,3 +40,69 @@ def make_tiny_bundle(path: Path, labels=TINY_LABELS, max_length: int = 16, seed:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random bundle with weights only (no exported variants). Do not modify: copy it first."""
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+# Distinct vocabulary per label: a tiny randomly initialised model learns it in a few epochs.
+TOY_TEMPLATES = {
+    "greet": ["hello", "hi there", "good morning", "hey hello", "hello friend", "hi hi"],
+    "goodbye": ["bye", "goodbye now", "see you later", "bye bye", "farewell friend", "see you soon"],
+    "book_flight": ["book a flight", "flight to paris", "plane ticket please", "book flight now",
+                    "airline ticket", "a flight to rome"],
+    "weather": ["weather today", "will it rain", "is it sunny", "rain tomorrow", "weather forecast",
+                "sunny or rain"],
+}
+
+
+def toy_examples(templates: dict[str, list[str]] | None = None, repeat: int = 3):
+    """A small separable dataset: each template with a few suffixes; no split (held out automatically)."""
+    from distilintent.core.data import Example
+
+    templates = templates or TOY_TEMPLATES
+    suffixes = ["", " please", " now", " ok", " thanks"][:repeat + 2]
+    return [Example(text + suffix, label) for label, texts in templates.items() for text in texts for suffix in suffixes]
+
+
+def make_tiny_base(path: Path, dim: int = 32) -> Path:
+    """A tiny Hugging Face DistilBERT checkpoint directory (save_pretrained) with a fast tokenizer."""
+    import torch
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    from distilintent.training.model import minilm_path
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=30522, dim=dim, n_layers=2, n_heads=2, hidden_dim=2 * dim,
+                              max_position_embeddings=64)
+    DistilBertModel(config).save_pretrained(path)
+    BertTokenizerFast.from_pretrained(str(minilm_path())).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_base(tmp_path_factory.mktemp("base") / "tiny-distilbert")
+
+
+def tiny_train_options(base: Path, **overrides) -> dict:
+    """TrainConfig options that train a tiny model in seconds."""
+    options = {"base": str(base), "epochs": 6, "batch_size": 8, "learning_rate": 3e-3, "max_length": 16,
+               "head_hidden": 32, "warmup_ratio": 0.0, "early_stopping_patience": 0, "checkpoint_every": 0,
+               "threads": 1}
+    options.update(overrides)
+    return options
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_bundle`` exported once to every variant (onnx/openvino × fp32/int8). Do not modify: copy it.
+
+    The random tiny model's top two logits are close, so INT8 may flip a few of its 6 samples: the
+    agreement threshold is lowered here; tests/test_export.py checks that the default one is enforced.
+    """
+    import shutil
+
+    from distilintent.training.export import export_bundle
+
+    path = tmp_path_factory.mktemp("exported") / "tiny"
+    shutil.copytree(tiny_bundle, path)
+    export_bundle(path, formats=("onnx", "openvino"), int8=True, min_agreement=0.5)
+    return path

@@ -1,0 +1,89 @@
+"""``distilintent serve``: the Rasa-compatible NLU server (see :mod:`distilintent.plugin.server`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "serve a bundle over HTTP with Rasa's /model/parse protocol (needs the [server] extra)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", required=True, metavar="BUNDLE", help="the model bundle directory")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; use 0.0.0.0 only behind a firewall or proxy)")
+    parser.add_argument("--port", type=int, default=5006, help="port (default 5006)")
+    parser.add_argument("--token", default=os.environ.get("DISTILINTENT_TOKEN"),
+                        help="require this token (Rasa's endpoints.yml nlu: token); default: $DISTILINTENT_TOKEN")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+                        help="larger request bodies get 413 (default 65536)")
+    parser.add_argument("--max-batch", type=int, default=256, help="most texts per /model/parse/batch request")
+    parser.add_argument("--backend", choices=("auto", "openvino", "onnxruntime"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "int8", "fp32"), default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads per worker")
+    parser.add_argument("--fallback-threshold", type=float, default=None,
+                        help="confidence below which the intent is the fallback (default: the bundle's)")
+    parser.add_argument("--no-intent-shortcuts", action="store_true",
+                        help="classify texts like '/greet' with the model instead of answering them as Rasa does")
+    parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+
+
+def run(args: argparse.Namespace) -> int:
+    from distilintent.core.deps import require
+
+    uvicorn = require("uvicorn", "server", "distilintent serve")
+    require("starlette", "server", "distilintent serve")
+    from distilintent.core.bundle import Bundle
+    from distilintent.plugin import server
+
+    for name in ("workers", "max_body_bytes", "max_batch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    Bundle.open(args.model)  # fail here, with the bundle's own message, rather than in every worker
+    settings = {
+        "MODEL": os.path.abspath(args.model),
+        "TOKEN": args.token or "",
+        "MAX_BODY_BYTES": args.max_body_bytes,
+        "MAX_BATCH": args.max_batch,
+        "BACKEND": args.backend,
+        "PRECISION": args.precision,
+        "THREADS": args.threads or "",
+        "FALLBACK_THRESHOLD": "" if args.fallback_threshold is None else args.fallback_threshold,
+        "INTENT_SHORTCUTS": "0" if args.no_intent_shortcuts else "1",
+    }
+    for key, value in settings.items():
+        os.environ[server.ENV_PREFIX + key] = str(value)
+    log_config = _log_config(args.log_level, access=not args.no_access_log)
+    uvicorn.run(
+        "distilintent.plugin.server:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        log_config=log_config,
+        access_log=False,  # the app writes its own access line (uvicorn's would repeat it)
+        server_header=False,
+    )
+    return 0
+
+
+def _log_config(level: str, access: bool) -> dict:
+    """uvicorn's logs plus the server's own on stderr, one format."""
+    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    upper = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "distilintent": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "distilintent.server.access": {"level": "INFO" if access else "WARNING"},
+        },
+    }

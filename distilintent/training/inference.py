@@ -1,0 +1,55 @@
+"""Batched torch inference for evaluation (training side; serving uses :mod:`distilintent.sdk`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from distilintent.core.bundle import TOKENIZER_FILE, Bundle
+from distilintent.core.tokenization import TextEncoder
+from distilintent.training.model import IntentModel, load_bundle_model
+
+
+class TorchPredictor:
+    """Logits for many texts: length-sorted batches, padded to each batch's longest text."""
+
+    def __init__(self, model: IntentModel, encoder: TextEncoder, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.encoder = encoder
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> TorchPredictor:
+        encoder = TextEncoder.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), bundle.max_length,
+                                       bundle.manifest.get("tokenizer", {}).get("pad_token_id"))
+        return cls(load_bundle_model(bundle), encoder)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        return self.logits_from_ids(self.encoder.token_ids(list(texts)), batch_size)
+
+    @torch.inference_mode()
+    def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 128) -> np.ndarray:
+        from distilintent.training.device import autocast
+
+        was_training = self.model.training
+        self.model.eval()
+        order = np.argsort([len(row) for row in ids], kind="stable")
+        out = None
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            input_ids, mask = self.encoder.pad([ids[i] for i in chunk])
+            with autocast(self.device, self.dtype):
+                logits = self.model(torch.from_numpy(input_ids).to(self.device),
+                                    torch.from_numpy(mask).to(self.device))
+            logits = logits.float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
+            out[chunk] = logits
+        self.model.train(was_training)
+        if out is None:
+            return np.zeros((0, self.model.head_config["num_labels"]), dtype=np.float32)
+        return out

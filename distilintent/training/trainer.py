@@ -1,0 +1,373 @@
+"""The fine-tuning loop: dynamic padding, AdamW with warm-up, bf16 autocast, early stopping on
+validation, resumable checkpoints, DistributedDataParallel under ``torchrun``, then calibration and
+an atomically written bundle."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distilintent.core.data import Example, Splits, fingerprint, load_examples, split_examples
+from distilintent.core.errors import DistilIntentError
+from distilintent.core.metrics import (
+    choose_fallback_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
+from distilintent.core.tokenization import TextEncoder
+from distilintent.training.bundle_writer import write_model_bundle
+from distilintent.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from distilintent.training.config import TrainConfig
+from distilintent.training.device import autocast, maybe_ipex, resolve_device, resolve_precision
+from distilintent.training.evaluate import report_from_logits
+from distilintent.training.inference import TorchPredictor
+from distilintent.training.model import IntentModel, load_base
+
+log = logging.getLogger(__name__)
+MAX_VALIDATION_SAMPLES = 2000
+MAX_CALIBRATION_SAMPLES = 300
+_SORT_WINDOW = 50  # batches whose texts are sorted by length together (less padding, still shuffled)
+
+
+@dataclass
+class TrainResult:
+    bundle_path: Path
+    metrics: dict[str, Any]
+    epochs_run: int
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".checkpoints")
+
+
+def train(
+    data: str | Path | Sequence[Example],
+    config: TrainConfig | None = None,
+    output: str | Path = "model",
+    *,
+    resume: bool = False,
+    export: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune on ``data`` (a file or examples) and write a bundle to ``output``.
+
+    Under ``torchrun`` each process trains on its shard; rank 0 writes checkpoints and the bundle.
+    """
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    dist = _init_distributed(config)
+    try:
+        source = str(data) if isinstance(data, (str, Path)) else "in-memory examples"
+        examples = load_examples(data) if isinstance(data, (str, Path)) else list(data)
+        splits = split_examples(examples, config.validation_fraction, config.seed)
+        run = _Run(config, splits, Path(output), dist, progress)
+        metrics = run.fit(resume)
+        bundle_path = Path(output)
+        if dist.main:
+            run.write_bundle(metrics, source, fingerprint(examples))
+            if export:
+                from distilintent.training.export import export_bundle
+
+                export_bundle(bundle_path, formats=("onnx", "openvino"), int8=True)
+            shutil.rmtree(checkpoint_dir(output), ignore_errors=True)
+        if dist.world > 1:
+            torch.distributed.barrier()
+        return TrainResult(bundle_path, metrics, run.epochs_run, time.perf_counter() - started)
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _init_distributed(config: TrainConfig) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    dist = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(config.device, dist.local_rank)
+    backend = {"cpu": "gloo", "cuda": "nccl", "xpu": "xccl"}[device.type]
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend)
+    return dist
+
+
+class _Run:
+    """State of one training run (kept out of ``train`` so each step reads as one method)."""
+
+    def __init__(self, config: TrainConfig, splits: Splits, output: Path, dist: _Dist, progress: bool) -> None:
+        self.config = config
+        self.splits = splits
+        self.output = output
+        self.dist = dist
+        self.progress = progress and dist.main
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        elif dist.world > 1 and resolve_device(config.device).type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+        _seed_everything(config.seed)
+        self.labels = sorted({example.label for example in splits.train})
+        self.label_index = {label: index for index, label in enumerate(self.labels)}
+        base = load_base(config.base)
+        self.base_info = base.info
+        self.encoder = TextEncoder.from_str(base.tokenizer_json, config.max_length)
+        self.device = resolve_device(config.device, dist.local_rank)
+        self.dtype = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)  # the head's initialisation
+        self.model = IntentModel(base.encoder, len(self.labels), config.head_hidden, config.dropout,
+                                 config.head_activation, config.pooling).to(self.device)
+        self.train_ids = self.encoder.token_ids([example.text for example in splits.train])
+        self.train_targets = torch.tensor([self.label_index[example.label] for example in splits.train])
+        self.validation = splits.validation[:MAX_VALIDATION_SAMPLES]
+        self.validation_ids = self.encoder.token_ids([example.text for example in self.validation])
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.learning_rate)
+        if config.ipex:
+            self.model, self.optimizer = maybe_ipex(self.model, self.optimizer, self.dtype)
+        self.batches_per_epoch = len(self._batches(0))
+        self.total_steps = self.batches_per_epoch * config.epochs
+        self.epochs_run = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches for ``epoch``: a seeded shuffle, length-sorted within windows."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        order = torch.randperm(len(self.train_ids), generator=generator).tolist()
+        size = self.config.batch_size
+        batches: list[list[int]] = []
+        window = size * _SORT_WINDOW
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: len(self.train_ids[i]))
+            batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in shuffled]
+        per_rank = len(batches) // self.dist.world if self.dist.world > 1 else len(batches)
+        return batches[self.dist.rank :: self.dist.world][:per_rank]
+
+    def _lr_factor(self, step: int) -> float:
+        warmup = int(self.total_steps * self.config.warmup_ratio)
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+    # -- loop ---------------------------------------------------------------------------------------
+    def fit(self, resume: bool) -> dict[str, Any]:
+        config = self.config
+        start_epoch, start_batch, step = 0, 0, 0
+        best_score, best_epoch, bad_epochs, best_state = -math.inf, -1, 0, None
+        ckpt = find_checkpoint(checkpoint_dir(self.output)) if resume else None
+        if resume and ckpt is None and self.dist.main:
+            log.warning("--resume: no checkpoint at %s; starting from the beginning", checkpoint_dir(self.output))
+        if ckpt is not None:
+            state, best_state = load_checkpoint(ckpt, self.model, self.optimizer)
+            self._check_resumable(state, ckpt)
+            start_epoch, start_batch, step = state["epoch"], state["next_batch"], state["step"]
+            best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+            self.history = state["history"]
+            if self.dist.main:
+                print(f"resuming from {ckpt} at epoch {start_epoch + 1}, batch {start_batch}", file=sys.stderr)
+        model = self.model
+        if self.dist.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=None if self.device.type == "cpu" else [self.device])
+        for epoch in range(start_epoch, config.epochs):
+            if bad_epochs > config.early_stopping_patience > 0:
+                break
+            loss = self._train_epoch(model, epoch, start_batch if epoch == start_epoch else 0, step, best_state,
+                                     (best_score, best_epoch, bad_epochs))
+            step = (epoch + 1) * self.batches_per_epoch
+            accuracy, nll = self._validation_scores()
+            score = accuracy - 1e-6 * nll  # ties in accuracy (small validation sets) go to the lower loss
+            improved = not self.validation or score > best_score
+            if improved:
+                best_score, best_epoch, bad_epochs = score, epoch, 0
+                best_state = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            self.history.append({"epoch": epoch + 1, "train_loss": loss, "validation_accuracy": accuracy,
+                                 "validation_loss": nll})
+            self.epochs_run = epoch + 1
+            if self.dist.main:
+                print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, validation accuracy {accuracy:.4f}, "
+                      f"validation loss {nll:.4f}"
+                      + (" (best)" if improved else ""), file=sys.stderr)
+                self._save(epoch + 1, 0, step, best_state, (best_score, best_epoch, bad_epochs))
+        self.epochs_run = max(self.epochs_run, len(self.history))
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        best_accuracy = next((entry["validation_accuracy"] for entry in self.history
+                              if entry["epoch"] == best_epoch + 1 and self.validation), None)
+        return {"history": self.history, "best_epoch": best_epoch + 1, "best_validation_accuracy": best_accuracy}
+
+    def _train_epoch(self, model: torch.nn.Module, epoch: int, first_batch: int, step: int,
+                     best_state: dict[str, torch.Tensor] | None, best: tuple[float, int, int]) -> float:
+        from tqdm.auto import tqdm
+
+        config = self.config
+        batches = self._batches(epoch)
+        model.train()
+        step = epoch * self.batches_per_epoch + first_batch
+        bar = tqdm(total=len(batches), initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not self.progress, unit="batch", dynamic_ncols=True, file=sys.stderr)
+        running, seen, tick = None, 0, time.perf_counter()
+        for index in range(first_batch, len(batches)):
+            rows = batches[index]
+            # Reseeding per step makes dropout depend only on (seed, step, rank): resuming is exact.
+            torch.manual_seed(config.seed * 1_000_003 + step * self.dist.world + self.dist.rank)
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.learning_rate * self._lr_factor(step)
+            input_ids, mask = self.encoder.pad([self.train_ids[i] for i in rows])
+            targets = self.train_targets[rows].to(self.device)
+            with autocast(self.device, self.dtype):
+                logits = model(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            self.optimizer.step()
+            step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DistilIntentError(f"training diverged (loss {value}) at step {step}; "
+                                        "lower --learning-rate or use --precision fp32")
+            running = value if running is None else 0.95 * running + 0.05 * value
+            seen += len(rows)
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}", texts_per_s=f"{seen / (time.perf_counter() - tick):.0f}")
+            due = config.checkpoint_every and step % config.checkpoint_every == 0 and index + 1 < len(batches)
+            if due and self.dist.main:
+                self._save(epoch, index + 1, step, best_state, best)
+        bar.close()
+        return float(running or 0.0)
+
+    def _validation_scores(self) -> tuple[float, float]:
+        """Accuracy and mean negative log-likelihood on the validation split."""
+        if not self.validation:
+            return 0.0, 0.0
+        logits = self._predictor().logits_from_ids(self.validation_ids)
+        targets = np.asarray([self.label_index.get(example.label, -1) for example in self.validation])
+        known = targets >= 0
+        probs = softmax(logits[known])[np.arange(int(known.sum())), targets[known]]
+        nll = float(-np.mean(np.log(probs + 1e-12))) if known.any() else 0.0
+        return float(np.mean(logits.argmax(axis=1) == targets)), nll
+
+    def _predictor(self) -> TorchPredictor:
+        return TorchPredictor(self.model, self.encoder, self.device, self.dtype)
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        config = self.config.to_dict()
+        for volatile in ("epochs", "device", "precision", "threads", "checkpoint_every", "early_stopping_patience"):
+            config.pop(volatile)
+        return {"config": config, "train_fingerprint": fingerprint(self.splits.train), "world": self.dist.world}
+
+    def _save(self, epoch: int, next_batch: int, step: int, best_state: dict[str, torch.Tensor] | None,
+              best: tuple[float, int, int]) -> None:
+        state = {"epoch": epoch, "next_batch": next_batch, "step": step, "best_score": best[0],
+                 "best_epoch": best[1], "bad_epochs": best[2], "history": self.history, **self._identity()}
+        save_checkpoint(checkpoint_dir(self.output), self.model, self.optimizer, best_state, state)
+
+    def _check_resumable(self, state: dict[str, Any], where: Path) -> None:
+        identity = self._identity()
+        for key, value in identity.items():
+            if state.get(key) != value:
+                raise DistilIntentError(
+                    f"checkpoint {where} was made with a different {key.replace('_', ' ')}; "
+                    "rerun without --resume (or delete the checkpoint) to start over"
+                )
+
+    # -- bundle -------------------------------------------------------------------------------------
+    def write_bundle(self, fit_metrics: dict[str, Any], source: str, data_fingerprint: str) -> Path:
+        config = self.config
+        oos = config.oos_label if config.oos_label in self.label_index else None
+        calibration: dict[str, Any] = {"temperature": 1.0, "fallback_threshold": None}
+        metrics: dict[str, Any] = {"training": fit_metrics}
+        if self.validation:
+            logits = self._predictor().logits_from_ids(self.validation_ids)
+            truth = [example.label for example in self.validation]
+            calibration = self._calibrate(logits, truth, oos)
+            metrics["validation"] = _summary(report_from_logits(
+                logits, truth, self.labels, temperature=calibration["temperature"],
+                threshold=calibration["fallback_threshold"], oos_label=config.oos_label))
+        if self.splits.test:
+            test_logits = self._predictor().logits([example.text for example in self.splits.test])
+            metrics["test"] = _summary(report_from_logits(
+                test_logits, [example.label for example in self.splits.test], self.labels,
+                temperature=calibration["temperature"], threshold=calibration["fallback_threshold"],
+                oos_label=config.oos_label))
+        rng = random.Random(config.seed)
+        calibration_samples = rng.sample(self.splits.train, min(MAX_CALIBRATION_SAMPLES, len(self.splits.train)))
+        counts = {name: len(getattr(self.splits, name)) for name in ("train", "validation", "test")}
+        return write_model_bundle(
+            self.output, self.model.cpu(), self.encoder, self.labels,
+            base_model=self.base_info, training=config.to_dict(),
+            data={"source": source, "fingerprint": data_fingerprint, "counts": counts},
+            metrics=metrics, calibration=calibration, oos_label=oos,
+            samples={"validation": self.validation, "calibration": calibration_samples},
+        )
+
+    def _calibrate(self, logits: np.ndarray, truth: list[str], oos: str | None) -> dict[str, Any]:
+        """Temperature scaling and the fallback threshold, both fitted on the validation split."""
+        targets = np.asarray([self.label_index.get(label, -1) for label in truth])
+        known = targets >= 0
+        temperature = fit_temperature(logits[known], targets[known]) if known.sum() >= 10 else 1.0
+        probs = softmax(logits, temperature)
+        confidence = probs.max(axis=1)
+        correct = probs.argmax(axis=1) == targets
+        is_oos = np.asarray([label == self.config.oos_label for label in truth])
+        choice = choose_fallback_threshold(confidence, correct, is_oos if is_oos.any() else None,
+                                           self.config.in_scope_coverage)
+        raw_confidence = softmax(logits).max(axis=1)
+        raw_correct = softmax(logits).argmax(axis=1) == targets
+        return {
+            "method": "temperature scaling on the validation split",
+            "temperature": temperature,
+            "fallback_threshold": choice["threshold"],
+            "threshold_criterion": choice["criterion"],
+            "ece_before": expected_calibration_error(raw_confidence, raw_correct),
+            "ece_after": expected_calibration_error(confidence, correct),
+            "oos_label": oos,
+        }
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    drop = ("per_label",)
+    return {key: value for key, value in report.items() if key not in drop}
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

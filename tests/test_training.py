@@ -1,0 +1,183 @@
+"""Training end to end on tiny models: bundle contents, other label kinds, resume, torchrun, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, tiny_train_options, toy_examples
+
+from distilintent.core.bundle import Bundle
+from distilintent.core.data import Example
+from distilintent.training import TrainConfig, train
+from distilintent.training.evaluate import evaluate_bundle
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    return load(Bundle.open(path).read_bytes("model/model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TrainConfig().updated(tiny_train_options(tiny_base))
+    result = train(toy_examples(), config, tmp_path_factory.mktemp("train") / "toy", progress=False)
+    return result.bundle_path
+
+
+def test_training_learns_and_writes_a_complete_bundle(trained: Path) -> None:
+    bundle = Bundle.open(trained)
+    manifest = bundle.manifest
+    assert bundle.labels == ("book_flight", "goodbye", "greet", "weather")
+    assert manifest["metrics"]["validation"]["accuracy"] >= 0.75
+    assert manifest["data"]["counts"]["validation"] > 0 and len(manifest["data"]["fingerprint"]) == 64
+    assert manifest["training"]["learning_rate"] == 3e-3
+    calibration = manifest["calibration"]
+    assert calibration["temperature"] > 0 and 0 <= calibration["fallback_threshold"] <= 1
+    assert manifest["samples"] == {"validation": "samples/validation.jsonl", "calibration": "samples/calibration.jsonl"}
+    bundle.verify()
+    assert not trained.with_name(trained.name + ".checkpoints").exists()  # removed after success
+
+
+def test_same_seed_same_model(trained: Path, tiny_base: Path, tmp_path: Path) -> None:
+    config = TrainConfig().updated(tiny_train_options(tiny_base))
+    again = train(toy_examples(), config, tmp_path / "again", progress=False).bundle_path
+    first, second = weights(trained), weights(again)
+    assert all(np.array_equal(first[key], second[key]) for key in first)
+
+
+def test_sentiment_labels_train_through_the_same_path(tiny_base: Path, tmp_path: Path) -> None:
+    data = tmp_path / "reviews.csv"
+    rows = ["text,label"]
+    for word in ("great", "wonderful", "loved it", "excellent", "superb", "brilliant"):
+        rows += [f"{word} movie,positive", f"a {word} film,positive", f"{word} acting,positive"]
+    for word in ("awful", "terrible", "boring", "dreadful", "horrible", "waste of time"):
+        rows += [f"{word} movie,negative", f"a {word} film,negative", f"{word} acting,negative"]
+    data.write_text("\n".join(rows) + "\n")
+    config = TrainConfig().updated(tiny_train_options(tiny_base, epochs=8))
+    result = train(data, config, tmp_path / "sentiment", progress=False)
+    bundle = Bundle.open(result.bundle_path)
+    assert bundle.labels == ("negative", "positive") and bundle.oos_label is None
+    report = evaluate_bundle(result.bundle_path, data, split=None, backend="torch")
+    assert report["accuracy"] >= 0.9
+
+
+def test_out_of_scope_metrics_when_data_has_oos(tiny_base: Path, tmp_path: Path) -> None:
+    templates = {"greet": ["hello", "hi there", "hey hello"], "weather": ["weather today", "will it rain", "sunny"],
+                 "oos": ["what is quantum physics", "my cat is orange", "sell my car"]}
+    config = TrainConfig().updated(tiny_train_options(tiny_base))
+    result = train(toy_examples(templates), config, tmp_path / "oos", progress=False)
+    bundle = Bundle.open(result.bundle_path)
+    assert bundle.oos_label == "oos"
+    validation = bundle.manifest["metrics"]["validation"]
+    for key in ("in_scope_accuracy", "oos_recall", "oos_precision"):
+        assert 0.0 <= validation[key] <= 1.0
+    assert "max in_scope_accuracy + oos_recall" in bundle.calibration["threshold_criterion"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_base: Path, tmp_path: Path, monkeypatch) -> None:
+    from distilintent.training import trainer as trainer_module
+
+    options = tiny_train_options(tiny_base, epochs=3, checkpoint_every=5, dropout=0.1)
+    config = TrainConfig().updated(options)
+    reference = train(toy_examples(), config, tmp_path / "reference", progress=False).bundle_path
+
+    original = trainer_module._Run._lr_factor
+
+    def interrupt_mid_epoch(self, step: int) -> float:
+        if step == 17:  # epoch 2 of 3 (14 steps per epoch), after the checkpoint at step 15
+            raise Interrupt
+        return original(self, step)
+
+    monkeypatch.setattr(trainer_module._Run, "_lr_factor", interrupt_mid_epoch)
+    with pytest.raises(Interrupt):
+        train(toy_examples(), config, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed").exists()  # no half bundle
+    state = json.loads((tmp_path / "resumed.checkpoints" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (1, 15)
+    monkeypatch.setattr(trainer_module._Run, "_lr_factor", original)
+    resumed = train(toy_examples(), config, tmp_path / "resumed", resume=True, progress=False).bundle_path
+    first, second = weights(reference), weights(resumed)
+    assert max(float(np.abs(first[key] - second[key]).max()) for key in first) < 1e-6
+
+
+def test_resume_refuses_a_checkpoint_of_other_data(tiny_base: Path, tmp_path: Path, monkeypatch) -> None:
+    from distilintent.core.errors import DistilIntentError
+    from distilintent.training import trainer as trainer_module
+
+    config = TrainConfig().updated(tiny_train_options(tiny_base, epochs=2, checkpoint_every=3))
+    monkeypatch.setattr(trainer_module._Run, "write_bundle", lambda *a, **k: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(Interrupt):
+        train(toy_examples(), config, tmp_path / "m", progress=False)
+    monkeypatch.undo()
+    other = toy_examples() + [Example("completely new text", "greet")]
+    with pytest.raises(DistilIntentError, match="different train fingerprint"):
+        train(other, config, tmp_path / "m", resume=True, progress=False)
+
+
+def test_torchrun_two_processes(tiny_base: Path, tmp_path: Path) -> None:
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps({"text": e.text, "intent": e.label}) + "\n" for e in toy_examples()))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_train_options(tiny_base, epochs=4)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29571",
+               "-m", "distilintent", "train", "--data", str(data), "--config", str(config),
+               "--output", str(tmp_path / "ddp"), "--device", "cpu", "--no-progress"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bundle = Bundle.open(tmp_path / "ddp")
+    assert bundle.manifest["metrics"]["validation"]["accuracy"] >= 0.5
+    assert bundle.manifest["training"]["epochs"] == 4
+
+
+def test_evaluate_cli_json_and_files(trained: Path, tmp_path: Path) -> None:
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"text": e.text, "intent": e.label, "split": "test"}) + "\n"
+                            for e in toy_examples()))
+    out = tmp_path / "report"
+    result = subprocess.run([sys.executable, "-m", "distilintent", "evaluate", "--model", str(trained), "--data",
+                             str(data), "--backend", "torch", "--json", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["accuracy"] >= 0.75 and 0 <= report["macro_f1"] <= 1
+    assert set(report["per_label"]) == {"book_flight", "goodbye", "greet", "weather"}
+    assert (out / "report.json").is_file() and (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,intent\nhi,greet\n")
+    result = subprocess.run([sys.executable, "-m", "distilintent", "train", "--data", str(bad), "--output",
+                             str(tmp_path / "m")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "CSV header must have 'text' and 'intent'" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "distilintent", "evaluate", "--model", str(tmp_path / "none"),
+                             "--data", str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "model bundle not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "train.yml"
+    path.write_text("epochs: 7\nlearning_rate: 0.0002\n")
+    config = TrainConfig.from_file(path).updated({"epochs": 3, "batch_size": None})
+    assert (config.epochs, config.learning_rate, config.batch_size) == (3, 2e-4, 32)
+    path.write_text("epoch: 7\n")
+    from distilintent.core.errors import DataError
+
+    with pytest.raises(DataError, match=r"unknown training option\(s\) \['epoch'\]"):
+        TrainConfig.from_file(path)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        TrainConfig(learning_rate=0)
