@@ -51,7 +51,8 @@ for i in range(200):
     detector.detect(sys.argv[4] if i % 2 else "hi")
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmRSS", "VmHWM")))
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_detect_s": t3 - t2, "cold_start_s": t3 - t0,
-                  "rss_mb": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
+                  "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+                  "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
 

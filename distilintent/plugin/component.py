@@ -84,7 +84,9 @@ class DistilIntentClassifier(GraphComponent, IntentClassifier):
             "seed": None,
             "training": {},  # any other TrainConfig option, e.g. {warmup_ratio: 0.1}
             "export_formats": list(EXPORT_FORMATS),
-            "export_int8": True,  # also export INT8 variants (the fastest)
+            # Also export INT8 variants (the fastest). Off by default: it fails beside Rasa 3.6's pins
+            # (see docs/rasa.md); turn it on where the training stack is recent (e.g. Rasa Pro).
+            "export_int8": False,
         }
 
     @staticmethod

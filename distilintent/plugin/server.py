@@ -33,17 +33,21 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from distilintent.core.deps import require
+
+require("starlette", "server", "The NLU server")
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 logger = logging.getLogger("distilintent.server")
 access_logger = logging.getLogger("distilintent.server.access")
@@ -100,7 +104,7 @@ class RequestStats:
 
 
 class AccessLogMiddleware:
-    """Counts every HTTP request and logs one line per request once its response has started."""
+    """Counts every HTTP request and logs one line per request (path, status, time; no query, no body)."""
 
     def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
         self.app = app
@@ -111,19 +115,22 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        path = scope.get("path", "")
+        status = None
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                self.stats.record(path if path in _ROUTE_PATHS else "(other)", status)  # before the client sees it
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            path = scope.get("path", "")
-            self.stats.record(path if path in _ROUTE_PATHS else "(other)", status)
+            if status is None:  # failed before answering: the server answers 500
+                status = 500
+                self.stats.record(path if path in _ROUTE_PATHS else "(other)", status)
             client = scope.get("client") or ("-", 0)
             access_logger.info(
                 '%s "%s %s" %d %.1fms', client[0], scope.get("method", "-"), path, status,
@@ -332,9 +339,19 @@ def create_app(
         reasons = {404: "NotFound", 405: "MethodNotAllowed"}
         return error_response(code, reasons.get(code, "HTTPError"), str(getattr(exc, "detail", "")))
 
-    async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("error while handling %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "InternalError", "the server failed to handle the request; see its log")
+    def guarded(handler: Callable[[Request], Awaitable[JSONResponse]]) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """Answer an unexpected failure with a JSON 500 (details only in the log); the server lives on."""
+
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                return await handler(request)
+            except (RequestError, HTTPException):
+                raise
+            except Exception as exc:  # noqa: BLE001 - nothing may crash the server or leak a traceback
+                logger.error("error while handling %s %s", request.method, request.url.path, exc_info=exc)
+                return error_response(500, "InternalError", "the server failed to handle the request; see its log")
+
+        return endpoint
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # noqa: ANN202 - an async context manager
@@ -343,14 +360,14 @@ def create_app(
             service.detector.close()
 
     routes = [
-        Route("/model/parse", parse, methods=["POST"]),
-        Route("/model/parse/batch", parse_batch, methods=["POST"]),
-        Route("/status", status, methods=["GET"]),
+        Route("/model/parse", guarded(parse), methods=["POST"]),
+        Route("/model/parse/batch", guarded(parse_batch), methods=["POST"]),
+        Route("/status", guarded(status), methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={RequestError: on_request_error, HTTPException: on_http_error, Exception: on_error},
+        exception_handlers={RequestError: on_request_error, HTTPException: on_http_error},
         lifespan=lifespan,
     )
     app.state.service = service

@@ -7,7 +7,6 @@ the bundle's ``max_length`` tokens are truncated: their end is cut. Imports no t
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 from collections.abc import Sequence
@@ -114,9 +113,13 @@ class IntentDetector:
 
     async def adetect(self, text: str) -> IntentResult:
         """``detect`` in a worker thread, so that an asyncio event loop is not blocked."""
+        import asyncio  # not at module level: it costs ~50 ms of cold start to every user
+
         return await asyncio.to_thread(self.detect, text)
 
     async def adetect_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[IntentResult]:
+        import asyncio
+
         return await asyncio.to_thread(self.detect_batch, texts, batch_size)
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

@@ -1,10 +1,18 @@
 """Which exported variant of a bundle to serve.
 
 ``backend="auto"`` / ``precision="auto"`` take the first variant of :data:`AUTO_ORDER` that the bundle
-has and whose runtime is installed. The order comes from ``benchmarks/sdk_latency.py`` (batch-1 p50
-of ``IntentDetector.detect`` on the 384-wide model): INT8 before FP32, and for each precision the
-faster backend first. A requested variant that the bundle lacks falls back, with a warning, to the
-nearest one that it has (same backend first, then same precision).
+has and whose runtime is installed: ``onnx-int8``, ``openvino-int8``, ``onnx-fp32``, ``openvino-fp32``.
+
+Why (384-wide model, batch 1): INT8 beats FP32 on every CPU measured. ONNX Runtime's dynamic INT8
+took half the CPU time of OpenVINO INT8 on an AVX2-only EPYC (``benchmarks/sdk_latency.py``; without
+VNNI/AMX OpenVINO runs generic int8 GEMMs) and was on par with OpenVINO's static-shape INT8 on a Xeon
+with AMX (1.6 vs 1.5 ms, measured by the project's runtime notes), while it starts about 3× faster (no
+~0.4 s ``import openvino``) in half the memory: only ONNX Runtime meets the cold start ≤ 0.5 s and
+RSS ≤ 200 MB targets. Pass ``backend="openvino"`` to prefer OpenVINO (e.g. on AMX servers that run
+large batches, where it had the higher throughput).
+
+A requested variant that the bundle lacks falls back, with a warning, to the nearest one that it has
+(same backend first, then same precision).
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from distilintent.core.errors import BundleError, MissingExtraError
 AUTO_ORDER: tuple[tuple[str, str], ...] = (
     ("onnxruntime", "int8"),
     ("openvino", "int8"),
-    ("openvino", "fp32"),
     ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
 )
 _RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "pip install onnxruntime", "openvino": "pip install 'distilintent[openvino]'"}

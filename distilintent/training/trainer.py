@@ -145,7 +145,10 @@ class _Run:
         self.train_targets = torch.tensor([self.label_index[example.label] for example in splits.train])
         self.validation = splits.validation[:MAX_VALIDATION_SAMPLES]
         self.validation_ids = self.encoder.token_ids([example.text for example in self.validation])
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.learning_rate)
+        # The fused AdamW is ~18x faster than the default per-tensor loop on CPU (the step was a quarter of
+        # the training time with the 11.7M-parameter word embeddings).
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.learning_rate,
+                                           fused=self.device.type in ("cpu", "cuda", "xpu"))
         if config.ipex:
             self.model, self.optimizer = maybe_ipex(self.model, self.optimizer, self.dtype)
         self.batches_per_epoch = len(self._batches(0))

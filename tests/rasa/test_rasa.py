@@ -2,7 +2,7 @@
 
 The Rasa environments are built once and cached (``venvs.py``). Every test here is marked ``rasa``
 (``pytest -m "not rasa"`` leaves them out) and is skipped only where no Python 3.10 exists. The
-train-inside-Rasa test also needs the torch layer of the Rasa venv (about 5 minutes to build the first
+train-inside-Rasa test also needs the torch layer of the Rasa venv (about 2 minutes to build the first
 time); ``DISTILINTENT_RASA_TRAIN=0`` skips it.
 """
 
@@ -53,7 +53,7 @@ def rasa_venv(python310: str) -> Path:
 def rasa_train_venv(python310: str) -> Path:
     if os.environ.get("DISTILINTENT_RASA_TRAIN", "1") == "0":
         pytest.skip("DISTILINTENT_RASA_TRAIN=0: training inside Rasa needs the torch layer of the Rasa venv "
-                    "(PyPI's CUDA torch for Python 3.10: about 2.8 GB of downloads, 5 minutes, 4.9 GB of disk)")
+                    "(PyPI's CUDA torch for Python 3.10: about 2.8 GB of downloads, 2 minutes, 4.7 GB of disk)")
     return venvs.ensure_training(python310, log=lambda line: print(line, file=sys.stderr))
 
 
@@ -108,15 +108,16 @@ def nlu_yaml(intents: dict[str, list[str]]) -> str:
     return f'version: "3.1"\nnlu:\n{blocks}'
 
 
-def write_nlu_project(root: Path, options: dict, intents: dict[str, list[str]] = TOY_TEMPLATES) -> Path:
-    """``config.yml`` with the component and its options, ``data/nlu.yml`` with ``intents``."""
+def write_nlu_project(root: Path, options: dict, intents: dict[str, list[str]] = TOY_TEMPLATES,
+                      before: str = "", extra_nlu: str = "") -> Path:
+    """``config.yml`` with ``before`` then the component and its options, ``data/nlu.yml`` with ``intents``."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     lines = "".join(f"\n    {key}: {json.dumps(value)}" for key, value in options.items())
     (root / "config.yml").write_text(
         "recipe: default.v1\nassistant_id: distilintent-test\nlanguage: en\npipeline:\n"
-        f"  - name: distilintent.plugin.DistilIntentClassifier{lines}\npolicies: []\n"
+        f"{before}  - name: distilintent.plugin.DistilIntentClassifier{lines}\npolicies: []\n"
     )
-    (root / "data" / "nlu.yml").write_text(nlu_yaml(intents))
+    (root / "data" / "nlu.yml").write_text(nlu_yaml(intents) + extra_nlu)
     return root
 
 
@@ -167,10 +168,12 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def test_component_unit_tests_inside_rasa(rasa_venv: Path, toy_bundle: Path) -> None:
-    """train → persist → load → same predictions, options, errors: pytest inside the Rasa venv."""
+    """The component (train → persist → load → same predictions, options, errors) and the rasa-sdk action,
+    tested by pytest inside the Rasa venv."""
     result = subprocess.run(
         [str(venvs.python_of(rasa_venv)), "-m", "pytest", "--noconftest", "-p", "no:cacheprovider", "-q",
-         "-W", "ignore::DeprecationWarning", str(HERE / "inside" / "check_component.py")],
+         "-W", "ignore::DeprecationWarning", str(HERE / "inside" / "check_component.py"),
+         str(HERE / "inside" / "check_actions.py")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=venvs.rasa_env({"DISTILINTENT_TEST_BUNDLE": str(toy_bundle)}),
     )
@@ -179,7 +182,13 @@ def test_component_unit_tests_inside_rasa(rasa_venv: Path, toy_bundle: Path) -> 
 
 
 def test_prebuilt_bundle_rasa_train_parse_and_test_nlu(rasa_venv: Path, toy_bundle: Path, tmp_path: Path) -> None:
-    project = write_nlu_project(tmp_path / "assistant", {"model_path": str(toy_bundle)})
+    # An entity extractor with its own tokenizer beside the component (which needs neither).
+    entities = "  - name: WhitespaceTokenizer\n  - name: RegexEntityExtractor\n    use_lookup_tables: true\n"
+    cities = "- lookup: city\n  examples: |\n    - paris\n    - rome\n"
+    intents = {**TOY_TEMPLATES, "book_flight": [text.replace("rome", "[rome](city)")
+                                                for text in TOY_TEMPLATES["book_flight"]]}
+    project = write_nlu_project(tmp_path / "assistant", {"model_path": str(toy_bundle)}, intents, before=entities,
+                                extra_nlu=cities)
     model, _ = train_nlu(rasa_venv, project)
     names = archive_names(model)
     assert any(name.endswith("bundle/onnx/model_int8.onnx") for name in names)
@@ -199,8 +208,9 @@ def test_prebuilt_bundle_rasa_train_parse_and_test_nlu(rasa_venv: Path, toy_bund
         assert rasa_result["intent"]["confidence"] == pytest.approx(inside_sdk["intent"]["confidence"], abs=1e-6)
         ranking = {item["name"]: item["confidence"] for item in rasa_result["intent_ranking"]}
         assert ranking == pytest.approx(dict(sdk.ranking), abs=1e-4)
-        assert rasa_result["entities"] == []
     assert [r["intent"]["name"] for r in parsed["rasa"][:4]] == EXPECTED
+    assert [(e["entity"], e["value"]) for e in parsed["rasa"][2]["entities"]] == [("city", "rome")]
+    assert parsed["rasa"][0]["entities"] == []
     assert parsed["rasa"][4]["intent"]["name"] == "nlu_fallback"  # the bundle's calibrated threshold
 
     rasa(rasa_venv, "test", "nlu", "--nlu", "data/nlu.yml", "--model", str(model), "--out", "results", cwd=project)
