@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from distilintent import __version__
 
-COMMANDS = ("train", "evaluate", "export", "detect", "serve", "bench")
+COMMANDS = ("train", "evaluate", "calibrate", "export", "detect", "serve", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

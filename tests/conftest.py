@@ -59,7 +59,8 @@ def toy_examples(templates: dict[str, list[str]] | None = None, repeat: int = 3)
 
     templates = templates or TOY_TEMPLATES
     suffixes = ["", " please", " now", " ok", " thanks"][:repeat + 2]
-    return [Example(text + suffix, label) for label, texts in templates.items() for text in texts for suffix in suffixes]
+    return [Example(text + suffix, label)
+            for label, texts in templates.items() for text in texts for suffix in suffixes]
 
 
 def make_tiny_base(path: Path, dim: int = 32) -> Path:

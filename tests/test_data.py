@@ -43,7 +43,8 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_strip_entities() -> None:
-    assert strip_entities("fly to [Berlin](city) from [New York]{\"entity\": \"city\"}") == "fly to Berlin from New York"
+    annotated = 'fly to [Berlin](city) from [New York]{"entity": "city"}'
+    assert strip_entities(annotated) == "fly to Berlin from New York"
     assert strip_entities("no entities [here") == "no entities [here"
 
 
@@ -59,7 +60,8 @@ def test_rasa_yaml_strips_entities_and_skips_synonym_regex_lookup(tmp_path: Path
 
 
 def test_rasa_yaml_intent_without_examples_names_line(tmp_path: Path) -> None:
-    text = 'nlu:\n- intent: greet\n  examples: |\n    - hi\n- intent: empty\n  examples: ""\n- intent: bye\n  examples: |\n    - bye\n'
+    text = ('nlu:\n- intent: greet\n  examples: |\n    - hi\n- intent: empty\n  examples: ""\n'
+            "- intent: bye\n  examples: |\n    - bye\n")
     with pytest.raises(DataError, match=r"nlu.yml:5: intent 'empty' has no examples"):
         load_examples(write(tmp_path, "nlu.yml", text))
 

@@ -181,3 +181,37 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         TrainConfig.from_file(path)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         TrainConfig(learning_rate=0)
+
+
+def test_calibrate_command_refits_threshold_on_oos_data(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle_path = Path(shutil.copytree(trained, tmp_path / "bundle"))
+    rows = [{"text": e.text, "intent": e.label, "split": "validation"} for e in toy_examples()]
+    rows += [{"text": text, "intent": "oos", "split": "validation"}
+             for text in ("quantum physics lecture", "my cat is orange", "sell my old car", "tax return forms")]
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = subprocess.run([sys.executable, "-m", "distilintent", "calibrate", "--model", str(bundle_path),
+                             "--data", str(data)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    calibration = Bundle.open(bundle_path).calibration
+    assert calibration == json.loads(result.stdout)
+    assert calibration["examples"] == len(rows)
+    assert calibration["threshold_criterion"] == "max in_scope_accuracy + oos_recall"
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
+
+
+def test_calibration_math() -> None:
+    from distilintent.training.calibration import calibrate
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), targets] += 2.0
+    logits *= 4.0  # over-confident: temperature scaling must soften it
+    truth = [("a", "b", "c")[t] for t in targets]
+    calibration = calibrate(logits, truth, ("a", "b", "c"))
+    assert calibration["temperature"] > 1.5
+    assert calibration["ece_after"] < calibration["ece_before"]
+    assert calibration["threshold_criterion"] == "in_scope_coverage=0.97"

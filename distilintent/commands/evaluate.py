@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="directory for report.json and confusion_matrix.png")
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
                         help="auto: an exported runtime if the bundle has one, else the torch weights")
+    parser.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
+                        help="which exported variant to run (auto: the SDK's choice)")
     parser.add_argument("--oos-label", help="out-of-scope label in the data (default: the bundle's, or oos)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -26,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from distilintent.training.evaluate import evaluate_bundle
 
     split = None if args.split == "all" else args.split
-    report = evaluate_bundle(args.model, resolve_data_path(args.data), split=split, out_dir=args.out, backend=args.backend,
-                             oos_label=args.oos_label)
+    report = evaluate_bundle(args.model, resolve_data_path(args.data), split=split, out_dir=args.out,
+                             backend=args.backend, oos_label=args.oos_label,
+                             precision=args.precision)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0

@@ -53,13 +53,14 @@ def report_from_logits(
     return report
 
 
-def bundle_logits(bundle_path: str | Path, texts: Sequence[str], backend: str = "auto") -> tuple[np.ndarray, str]:
+def bundle_logits(bundle_path: str | Path, texts: Sequence[str], backend: str = "auto",
+                  precision: str = "auto") -> tuple[np.ndarray, str]:
     """Raw logits from an exported runtime (``auto``: the SDK's choice) or from the torch weights."""
     bundle = Bundle.open(bundle_path)
     if backend != "torch" and bundle.variants:
         from distilintent.sdk import IntentDetector
 
-        with IntentDetector(bundle.path, backend="auto" if backend == "auto" else backend) as detector:
+        with IntentDetector(bundle.path, backend=backend, precision=precision) as detector:
             return detector.logits(list(texts)), detector.variant.name
     if backend not in ("auto", "torch"):
         raise DataError(f"{bundle.path} has no exported {backend} variant; run: distilintent export --model ...")
@@ -75,6 +76,7 @@ def evaluate_bundle(
     out_dir: str | Path | None = None,
     backend: str = "auto",
     oos_label: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a bundle on ``split`` of a data file (all examples when the data has no such split)."""
     bundle = Bundle.open(bundle_path)
@@ -85,7 +87,7 @@ def evaluate_bundle(
             raise DataError(f"no examples in split {split!r} of {data}")
         chosen = examples
     oos_label = oos_label or bundle.oos_label or bundle.manifest.get("training", {}).get("oos_label")
-    logits, variant = bundle_logits(bundle.path, [example.text for example in chosen], backend)
+    logits, variant = bundle_logits(bundle.path, [example.text for example in chosen], backend, precision)
     calibration = bundle.calibration
     report = report_from_logits(
         logits,
