@@ -85,14 +85,7 @@ def model_row(bundle: Bundle, data: Path, precision: str, train_info: dict[str, 
         size = bundle.file_path(WEIGHTS_FILE).stat().st_size
     fallback = report.get("with_fallback") or {}
     return {
-        "system": f"distilintent {variant}",
-        "variant": variant,
-        "n": report["n"],
-        "accuracy": report["accuracy"],
-        "in_scope_accuracy": report.get("in_scope_accuracy", report["accuracy"]),
-        "macro_f1": report["macro_f1"],
-        "oos_recall": report.get("oos_recall"),
-        "oos_precision": report.get("oos_precision"),
+        **_scores(f"distilintent {variant}", variant, report),
         "fallback_threshold": fallback.get("threshold"),
         "fallback_in_scope_accuracy": fallback.get("in_scope_accuracy"),
         "fallback_oos_recall": fallback.get("oos_recall"),
@@ -106,8 +99,6 @@ def model_row(bundle: Bundle, data: Path, precision: str, train_info: dict[str, 
 
 def tfidf_row(data: Path, oos_label: str | None) -> dict[str, Any]:
     """Word 1–2-gram + char 2–5-gram TF-IDF, multinomial logistic regression, fit on the train split."""
-    import pickle
-
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
@@ -126,17 +117,24 @@ def tfidf_row(data: Path, oos_label: str | None) -> dict[str, Any]:
     predicted = list(model.predict([example.text for example in test_set]))
     truth = [example.label for example in test_set]
     report = classification_report(truth, predicted, oos_label)
+    classifier = model[-1]
     return {
-        "system": "TF-IDF word+char n-grams + logistic regression (this benchmark)",
-        "variant": "tfidf-logreg",
+        **_scores("TF-IDF word+char n-grams + logistic regression (this benchmark)", "tfidf-logreg", report),
+        "train_wall_time_s": fit_seconds,
+        "size_mb": (classifier.coef_.nbytes + classifier.intercept_.nbytes) / 1e6,  # weights only
+    }
+
+
+def _scores(system: str, variant: str, report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "system": system,
+        "variant": variant,
         "n": report["n"],
         "accuracy": report["accuracy"],
         "in_scope_accuracy": report.get("in_scope_accuracy", report["accuracy"]),
         "macro_f1": report["macro_f1"],
         "oos_recall": report.get("oos_recall"),
         "oos_precision": report.get("oos_precision"),
-        "train_wall_time_s": fit_seconds,
-        "size_mb": len(pickle.dumps(model)) / 1e6,
     }
 
 

@@ -18,11 +18,9 @@ Writes ``sdk_latency.json`` and ``sdk_latency.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from distilintent.bench.runner import machine, percentiles, read_texts  # noqa: E402
 from distilintent.core.bundle import Bundle  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
 
@@ -55,41 +54,6 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_detect_s": t3 -
                   "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
-
-
-def read_texts(path: Path | None, split: str | None, bundle: Bundle) -> tuple[list[str], list[str] | None, str]:
-    """Texts (and labels when there are) from a JSONL/CSV file, a text file, or the bundle's samples."""
-    rows: list[dict[str, Any]]
-    if path is None:
-        relative = (bundle.manifest.get("samples") or {}).get("validation")
-        if not relative:
-            raise SystemExit("the bundle stores no samples/validation.jsonl: pass --data")
-        rows = [json.loads(line) for line in bundle.read_bytes(relative).decode().splitlines() if line.strip()]
-        source = f"{bundle.path.name}/{relative}"
-    elif path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        source = str(path)
-    elif path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        source = str(path)
-    else:
-        rows = [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        source = str(path)
-    if split:
-        rows = [row for row in rows if row.get("split") == split]
-        source += f" (split={split})"
-    if not rows:
-        raise SystemExit(f"no texts in {source}")
-    texts = [row["text"] for row in rows]
-    labels = [row.get("intent", row.get("label")) for row in rows]
-    return texts, labels if all(labels) else None, source
-
-
-def percentiles(samples_ns: list[int]) -> dict[str, float]:
-    values = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return {"p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
-            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean()), "n": len(values)}
 
 
 def cold_start(bundle: Path, backend: str, precision: str, threads: int | None, text: str) -> dict[str, Any]:
@@ -180,29 +144,6 @@ def main() -> None:
     print(markdown)
 
 
-def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                            "onnxruntime": onnxruntime.__version__}
-    try:
-        import openvino
-
-        info["openvino"] = openvino.__version__
-    except ImportError:
-        pass
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                           if line.startswith("model name"))
-        flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
-        info["isa"] = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
-                       if flag in flags]
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
 def to_markdown(report: dict[str, Any]) -> str:
     machine_info = report["machine"]
     lines = [
@@ -210,7 +151,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['date']}; {machine_info.get('cpu', '?')} ({machine_info['cpus']} CPUs, "
         f"{', '.join(machine_info.get('isa', []))}); threads={report['threads'] or 'default'}; "
-        f"onnxruntime {machine_info['onnxruntime']}, openvino {machine_info.get('openvino', '-')}; "
+        f"onnxruntime {machine_info['libraries'].get('onnxruntime', '-')}, "
+        f"openvino {machine_info['libraries'].get('openvino', '-')}; "
         f"{report['n_texts']} texts from {report['texts']}; tokenization alone p50 "
         f"{report['tokenize_p50_ms']:.3f} ms.",
         "",
