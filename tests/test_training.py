@@ -215,3 +215,18 @@ def test_calibration_math() -> None:
     assert calibration["temperature"] > 1.5
     assert calibration["ece_after"] < calibration["ece_before"]
     assert calibration["threshold_criterion"] == "in_scope_coverage=0.97"
+
+
+def test_train_export_keeps_fp32_when_int8_is_refused(tiny_base: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    from distilintent.training import export as export_module
+
+    real_export = export_module.export_bundle
+
+    def strict_export(*args, **kwargs):  # no INT8 model can agree with FP32 on 101 % of the texts
+        return real_export(*args, **{**kwargs, "min_agreement": 1.01})
+
+    monkeypatch.setattr(export_module, "export_bundle", strict_export)
+    config = TrainConfig().updated(tiny_train_options(tiny_base, epochs=2))
+    result = train(toy_examples(), config, tmp_path / "m", export=True, progress=False)
+    assert sorted(Bundle.open(result.bundle_path).variants) == ["onnx-fp32", "openvino-fp32"]
+    assert "INT8 export refused" in caplog.text

@@ -53,6 +53,10 @@ class ExportError(DistilIntentError):
     """An exported variant failed its parity or agreement check; the bundle was not changed."""
 
 
+class Int8AgreementError(ExportError):
+    """An INT8 variant disagrees with FP32 on too many held-out texts."""
+
+
 def export_bundle(
     bundle_path: str | os.PathLike[str],
     formats: Sequence[str] = FORMATS,
@@ -157,9 +161,9 @@ def _check(name: str, work: Path, encoder: TextEncoder, texts: Sequence[str],
         raise ExportError(f"{name}: logits differ from torch by up to {diff:.2e} (tolerance {tolerance:.0e}) on "
                           f"{len(texts)} texts; the bundle was not changed")
     if precision == "int8" and agreement < min_agreement:
-        raise ExportError(f"{name}: top intent agrees with FP32 on {agreement:.1%} of {len(texts)} held-out texts "
-                          f"(need {min_agreement:.0%}); the bundle was not changed. Try another --calibration "
-                          "or serve FP32")
+        raise Int8AgreementError(
+            f"{name}: top intent agrees with FP32 on {agreement:.1%} of {len(texts)} held-out texts "
+            f"(need {min_agreement:.0%}); the bundle was not changed. Try another --calibration or serve FP32")
     size = sum((work / part).stat().st_size for part in (file, weights) if part)
     entry: dict[str, Any] = {
         "backend": backend, "precision": precision, "file": file, "num_labels": int(reference.shape[1]),

@@ -91,9 +91,7 @@ def train(
         if dist.main:
             run.write_bundle(metrics, source, fingerprint(examples))
             if export:
-                from distilintent.training.export import export_bundle
-
-                export_bundle(bundle_path, formats=("onnx", "openvino"), int8=True)
+                _export_after_training(bundle_path)
             shutil.rmtree(checkpoint_dir(output), ignore_errors=True)
         if dist.world > 1:
             torch.distributed.barrier()
@@ -101,6 +99,17 @@ def train(
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _export_after_training(bundle_path: Path) -> None:
+    """FP32 and INT8 variants; if INT8 fails its agreement check, keep FP32 only (with a warning)."""
+    from distilintent.training.export import Int8AgreementError, export_bundle
+
+    try:
+        export_bundle(bundle_path, formats=("onnx", "openvino"), int8=True)
+    except Int8AgreementError as err:
+        log.warning("INT8 export refused (%s); exporting FP32 only", err)
+        export_bundle(bundle_path, formats=("onnx", "openvino"), int8=False)
 
 
 def _init_distributed(config: TrainConfig) -> _Dist:
