@@ -188,7 +188,7 @@ class _Run:
     # -- loop ---------------------------------------------------------------------------------------
     def fit(self, resume: bool) -> dict[str, Any]:
         config = self.config
-        start_epoch, start_batch, step = 0, 0, 0
+        start_epoch, start_batch = 0, 0
         best_score, best_epoch, bad_epochs, best_state = -math.inf, -1, 0, None
         ckpt = find_checkpoint(checkpoint_dir(self.output)) if resume else None
         if resume and ckpt is None and self.dist.main:
@@ -196,7 +196,7 @@ class _Run:
         if ckpt is not None:
             state, best_state = load_checkpoint(ckpt, self.model, self.optimizer)
             self._check_resumable(state, ckpt)
-            start_epoch, start_batch, step = state["epoch"], state["next_batch"], state["step"]
+            start_epoch, start_batch = state["epoch"], state["next_batch"]
             best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
             self.history = state["history"]
             if self.dist.main:
@@ -208,9 +208,8 @@ class _Run:
         for epoch in range(start_epoch, config.epochs):
             if bad_epochs > config.early_stopping_patience > 0:
                 break
-            loss = self._train_epoch(model, epoch, start_batch if epoch == start_epoch else 0, step, best_state,
+            loss = self._train_epoch(model, epoch, start_batch if epoch == start_epoch else 0, best_state,
                                      (best_score, best_epoch, bad_epochs))
-            step = (epoch + 1) * self.batches_per_epoch
             accuracy, nll = self._validation_scores()
             score = accuracy - 1e-6 * nll  # ties in accuracy (small validation sets) go to the lower loss
             improved = not self.validation or score > best_score
@@ -221,20 +220,20 @@ class _Run:
                 bad_epochs += 1
             self.history.append({"epoch": epoch + 1, "train_loss": loss, "validation_accuracy": accuracy,
                                  "validation_loss": nll})
-            self.epochs_run = epoch + 1
             if self.dist.main:
                 print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, validation accuracy {accuracy:.4f}, "
                       f"validation loss {nll:.4f}"
                       + (" (best)" if improved else ""), file=sys.stderr)
-                self._save(epoch + 1, 0, step, best_state, (best_score, best_epoch, bad_epochs))
-        self.epochs_run = max(self.epochs_run, len(self.history))
+                self._save(epoch + 1, 0, (epoch + 1) * self.batches_per_epoch, best_state,
+                           (best_score, best_epoch, bad_epochs))
+        self.epochs_run = len(self.history)
         if best_state is not None:
             self.model.load_state_dict(best_state)
         best_accuracy = next((entry["validation_accuracy"] for entry in self.history
                               if entry["epoch"] == best_epoch + 1 and self.validation), None)
         return {"history": self.history, "best_epoch": best_epoch + 1, "best_validation_accuracy": best_accuracy}
 
-    def _train_epoch(self, model: torch.nn.Module, epoch: int, first_batch: int, step: int,
+    def _train_epoch(self, model: torch.nn.Module, epoch: int, first_batch: int,
                      best_state: dict[str, torch.Tensor] | None, best: tuple[float, int, int]) -> float:
         from tqdm.auto import tqdm
 
