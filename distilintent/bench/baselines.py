@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from distilintent.core.bundle import TOKENIZER_FILE, Bundle
+from distilintent.core.metrics import softmax
 
 
 def _softmax_top(logits: np.ndarray, labels: Sequence[str]) -> list[tuple[str, float]]:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs = shifted / shifted.sum(axis=-1, keepdims=True)
+    probs = softmax(logits)
     top = probs.argmax(axis=-1)
     return [(labels[index], float(probs[row, index])) for row, index in enumerate(top)]
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from distilintent.core.bundle import TOKENIZER_FILE, Bundle, Variant
+from distilintent.core.metrics import softmax
 from distilintent.core.results import IntentResult
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import Runtime, load_runtime
@@ -131,7 +132,7 @@ class IntentDetector:
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Temperature-calibrated softmax of :meth:`logits`."""
-        return _softmax(self.logits(texts, batch_size) / self.temperature)
+        return softmax(self.logits(texts, batch_size), self.temperature)
 
     def close(self) -> None:
         """Release the runtime; later calls raise ``RuntimeError``."""
@@ -167,7 +168,7 @@ class IntentDetector:
         return out
 
     def _result(self, text: str, logits: np.ndarray) -> IntentResult:
-        probs = _softmax(logits / self.temperature if self.temperature != 1.0 else logits)
+        probs = softmax(logits, self.temperature)
         order = np.argsort(-probs, kind="stable")[: self.top_k]
         top = int(order[0])
         confidence = float(probs[top])
@@ -180,12 +181,6 @@ class IntentDetector:
 
     def _empty_result(self, text: str) -> IntentResult:
         return IntentResult(text, self.fallback_intent, 0.0, (), True)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    scaled = np.asarray(logits, dtype=np.float64)
-    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
