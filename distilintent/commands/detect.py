@@ -22,13 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distilintent.core.tokenization import valid_unicode
     from distilintent.sdk import IntentDetector
 
     texts = args.texts
     if not texts:
         if sys.stdin.isatty():
             print("type one text per line, end with Ctrl-D", file=sys.stderr)
-        texts = [line.rstrip("\r\n") for line in sys.stdin]
+        texts = [line.decode("utf-8", "replace").rstrip("\r\n") for line in sys.stdin.buffer]
+    texts = [valid_unicode(text) for text in texts]  # undecodable argv bytes arrive as lone surrogates
     with IntentDetector(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                         fallback_threshold=args.fallback_threshold, top_k=args.top_k) as detector:
         results = detector.detect_batch(texts)

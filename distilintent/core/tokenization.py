@@ -8,6 +8,20 @@ import numpy as np
 from tokenizers import Tokenizer
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with every lone surrogate (not valid Unicode, e.g. from ``surrogateescape``) replaced by U+FFFD.
+
+    A surrogate pair written as two code points becomes the character it encodes. Other text is returned as is.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class TextEncoder:
     """Tokenizes texts into ``input_ids``/``attention_mask`` int64 arrays, truncated to ``max_length``.
 
@@ -39,8 +53,8 @@ class TextEncoder:
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         if len(texts) == 1:
-            return [self.tokenizer.encode(texts[0]).ids]
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
+            return [self.tokenizer.encode(valid_unicode(texts[0])).ids]
+        return [encoding.ids for encoding in self.tokenizer.encode_batch([valid_unicode(text) for text in texts])]
 
     def pad(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         width = max(pad_to or 0, max((len(row) for row in ids), default=1), 1)

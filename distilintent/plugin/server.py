@@ -38,6 +38,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from distilintent.core.deps import require
+from distilintent.core.tokenization import valid_unicode
 
 require("starlette", "server", "The NLU server")
 
@@ -174,7 +175,7 @@ class _Service:
             raise RequestError(400, "BadRequest", "the request body is empty; send a JSON object")
         try:
             data = json.loads(bytes(body))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, >4300-digit integers, deep nesting
             raise RequestError(400, "BadRequest", f"the request body is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise RequestError(400, "BadRequest", f"expected a JSON object, got {type(data).__name__}")
@@ -293,6 +294,7 @@ def create_app(
             raise RequestError(400, "BadRequest", "the JSON body has no 'text'")
         if not isinstance(text, str):
             raise RequestError(400, "BadRequest", f"'text' must be a string, got {type(text).__name__}")
+        text = valid_unicode(text)  # JSON may escape a lone surrogate, which no answer could encode
         message_id = body.get("message_id")
         if message_id is not None and not isinstance(message_id, (str, int)):
             raise RequestError(400, "BadRequest", "'message_id' must be a string")
@@ -313,6 +315,7 @@ def create_app(
         if len(texts) > service.max_batch:
             raise RequestError(400, "BadRequest",
                                f"'texts' has {len(texts)} items; at most {service.max_batch} per request")
+        texts = [valid_unicode(text) for text in texts]
         answers: list[dict[str, Any] | None] = [
             parse_intent_shortcut(text) if intent_shortcuts else None for text in texts
         ]
