@@ -172,6 +172,8 @@ class OpenVINOModel:
 
     ``precision="fp32"`` sets ``INFERENCE_PRECISION_HINT=f32``: otherwise OpenVINO silently runs
     bf16 on CPUs that have it. INT8 models keep OpenVINO's default for their non-quantized ops.
+    ``buckets=None`` uses :func:`buckets_for`; ``buckets=()`` runs every call, batch 1 included, on the
+    dynamic-shape model without padding (what ``distilintent bench`` compares the buckets against).
     """
 
     backend = "openvino"
@@ -200,7 +202,7 @@ class OpenVINOModel:
         self.max_length = max_length
         self.pad_id = pad_id
         self.threads = threads
-        self.buckets = tuple(sorted(buckets)) if buckets else buckets_for(max_length)
+        self.buckets = buckets_for(max_length) if buckets is None else tuple(sorted(buckets))
         self.config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
@@ -217,11 +219,11 @@ class OpenVINOModel:
         for width in self.buckets:
             if length <= width:
                 return width
-        return self.buckets[-1]
+        return self.buckets[-1] if self.buckets else length
 
     def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         width = self.bucket(max(len(tokens) for tokens in ids))
-        if len(ids) == 1:
+        if len(ids) == 1 and self.buckets:
             return self._static_model(1, width).run(ids, self.pad_id)
         return self._run_dynamic(ids, width)
 
