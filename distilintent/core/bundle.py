@@ -9,7 +9,9 @@ Layout (paths relative to the bundle)::
     onnx/…, openvino/…       exported runtime variants, listed under ``variants`` in the manifest
 
 Bundles are written to a temporary sibling directory and renamed into place, so an interrupted
-write never leaves a directory that looks complete. Nothing is pickled.
+write never leaves a directory that looks complete; a bundle already at the path is exchanged with the
+new one in a single step on Linux (``renameat2(RENAME_EXCHANGE)``), so a kill at any moment leaves one
+complete bundle there, the old or the new. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,10 +260,39 @@ def _refuse_foreign_directory(target: Path) -> None:
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
-    if target.exists():
+    """Move the finished ``tmp`` to ``target``, replacing the bundle there atomically where the OS can."""
+    if not target.exists():
+        os.rename(tmp, target)
+    elif _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the previous bundle
+    else:  # two renames; a failure between them puts the previous bundle back
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.rename(target, old / "bundle")
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old / "bundle", target)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False if unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # only bundle writers pay for it
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, some musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(b))

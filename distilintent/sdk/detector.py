@@ -74,6 +74,7 @@ class IntentDetector:
         self._runtime: Runtime | None = load_runtime(
             self.variant.backend, self.variant.precision, bundle.read_bytes(self.variant.file), weights,
             max_length=self.max_length, threads=threads, pad_id=self._encoder.pad_token_id,
+            num_labels=len(self.labels), source=str(bundle.path / self.variant.file),
         )
         calibration = bundle.calibration
         self.temperature = float(calibration.get("temperature") or 1.0)

@@ -11,6 +11,10 @@ deleted after loading) and turns token-id lists into float32 logits. Each pads a
 
 Both are thread-safe: ``InferenceSession.run`` is; OpenVINO infer requests are not, so each thread
 takes a request from a pool (a new one is created when the pool is empty).
+
+:func:`load_runtime` checks the graph against the bundle when loading: a model whose logits output is
+not as wide as the manifest's label list is refused then (it would otherwise answer with wrong labels),
+with an error naming the model file.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ class OnnxRuntimeModel:
 
     backend = "onnxruntime"
 
-    def __init__(self, model: bytes, precision: str, threads: int | None = None, pad_id: int = 0) -> None:
+    def __init__(self, model: bytes, precision: str, threads: int | None = None, pad_id: int = 0,
+                 source: str = "the ONNX model") -> None:
         try:
             import onnxruntime as ort
         except ImportError as err:
@@ -92,8 +97,10 @@ class OnnxRuntimeModel:
         try:
             self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ORT raises its own untyped errors for bad models
-            raise BundleError(f"ONNX Runtime cannot load the model: {str(err).splitlines()[0]}") from err
-        self._inputs = _graph_inputs([i.name for i in self._session.get_inputs()], "the ONNX model")
+            raise BundleError(f"ONNX Runtime cannot load {source}: {_first_line(err)}") from err
+        self._inputs = _graph_inputs([i.name for i in self._session.get_inputs()], source)
+        shape = self._session.get_outputs()[0].shape
+        self.output_width: int | None = shape[-1] if shape and isinstance(shape[-1], int) else None
         self._outputs = [self._session.get_outputs()[0].name]
         self.precision = precision
         self.pad_id = pad_id
@@ -187,6 +194,7 @@ class OpenVINOModel:
         threads: int | None = None,
         pad_id: int = 0,
         buckets: Sequence[int] | None = None,
+        source: str = "the OpenVINO model",
     ) -> None:
         ov = require("openvino", "openvino", "The OpenVINO backend")
         self._ov = ov
@@ -196,8 +204,11 @@ class OpenVINOModel:
         try:
             self._model = self._core.read_model(xml.decode("utf-8"), ov.Tensor(self._weights, shared_memory=True))
         except (RuntimeError, UnicodeDecodeError) as err:
-            raise BundleError(f"OpenVINO cannot read the model: {str(err).splitlines()[0]}") from err
-        self._inputs = _graph_inputs([port.get_any_name() for port in self._model.inputs], "the OpenVINO model")
+            raise BundleError(f"OpenVINO cannot read {source}: {_first_line(err)}") from err
+        self._inputs = _graph_inputs([port.get_any_name() for port in self._model.inputs], source)
+        shape = self._model.outputs[0].get_partial_shape()
+        last = shape[shape.rank.get_length() - 1] if shape.rank.is_static and shape.rank.get_length() else None
+        self.output_width: int | None = last.get_length() if last is not None and last.is_static else None
         self.precision = precision
         self.max_length = max_length
         self.pad_id = pad_id
@@ -268,9 +279,43 @@ def load_runtime(
     max_length: int,
     threads: int | None = None,
     pad_id: int = 0,
+    num_labels: int | None = None,
+    source: str | None = None,
 ) -> Runtime:
+    """Build the runtime for ``backend``; with ``num_labels``, refuse a graph with another number of logits.
+
+    ``source`` names the model (its file) in errors.
+    """
     if backend == "onnxruntime":
-        return OnnxRuntimeModel(model, precision, threads=threads, pad_id=pad_id)
-    if backend == "openvino":
-        return OpenVINOModel(model, weights or b"", precision, max_length, threads=threads, pad_id=pad_id)
-    raise ValueError(f"unknown backend {backend!r}; expected 'onnxruntime' or 'openvino'")
+        runtime: Runtime = OnnxRuntimeModel(model, precision, threads=threads, pad_id=pad_id,
+                                            source=source or "the ONNX model")
+    elif backend == "openvino":
+        runtime = OpenVINOModel(model, weights or b"", precision, max_length, threads=threads, pad_id=pad_id,
+                                source=source or "the OpenVINO model")
+    else:
+        raise ValueError(f"unknown backend {backend!r}; expected 'onnxruntime' or 'openvino'")
+    if num_labels is not None:
+        _check_output_width(runtime, num_labels, source or f"the {backend} model", pad_id)
+    return runtime
+
+
+def _check_output_width(runtime: Runtime, num_labels: int, source: str, pad_id: int) -> None:
+    """Raise :class:`BundleError` (and close ``runtime``) unless it outputs ``num_labels`` logits."""
+    width = getattr(runtime, "output_width", None)
+    try:
+        if width is None:  # a dynamic last axis: ask the model once
+            width = int(np.asarray(runtime.run([[pad_id, pad_id]])).shape[-1])
+    except Exception as err:  # noqa: BLE001 - any runtime failure on a trivial input means a broken graph
+        runtime.close()
+        raise BundleError(f"{source} fails on a two-token input: {_first_line(err)}") from err
+    if width != num_labels:
+        runtime.close()
+        raise BundleError(
+            f"{source} outputs {width} logits but the bundle's manifest.json lists {num_labels} labels: "
+            "the model and the manifest are mismatched; re-export the bundle (distilintent export)"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

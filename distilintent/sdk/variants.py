@@ -12,7 +12,13 @@ RSS ≤ 200 MB targets. Pass ``backend="openvino"`` to prefer OpenVINO (e.g. on 
 large batches, where it had the higher throughput).
 
 A requested variant that the bundle lacks falls back, with a warning, to the nearest one that it has
-(same backend first, then same precision).
+(same backend first, then same precision). A variant is unusable when its runtime is not installed or
+its file (or OpenVINO weights) is missing from the bundle directory although the manifest lists it:
+``auto`` then serves the next usable variant and warns why it skipped the better one. A variant
+named exactly (``backend`` and ``precision`` both given) whose file is missing raises
+:class:`~distilintent.core.errors.BundleError`, an explicit ``backend`` that is not installed raises
+:class:`~distilintent.core.errors.MissingExtraError`, and so does a bundle with no usable variant. A
+file that is present but does not match its sha256 is never skipped: loading it fails.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ def runtime_installed(backend: str) -> bool:
         return False
 
 
+def missing_files(bundle: Bundle, variant: Variant) -> list[str]:
+    """The variant's files that the manifest lists but the bundle directory lacks."""
+    files = [variant.file] + ([variant.weights] if variant.weights else [])
+    return [name for name in files if not (bundle.path / name).is_file()]
+
+
 def select_variant(bundle: Bundle, backend: str = "auto", precision: str = "auto") -> Variant:
     """The variant to serve for the requested backend and precision (see the module docstring)."""
     if backend not in ("auto", *BACKENDS):
@@ -57,27 +69,56 @@ def select_variant(bundle: Bundle, backend: str = "auto", precision: str = "auto
             f"{bundle.path} has no exported runtime model; run: distilintent export --model {bundle.path}"
         )
     by_key = {(v.backend, v.precision): v for v in variants}
+    skipped: dict[tuple[str, str], str] = {}  # unusable variant -> why
+    for key in AUTO_ORDER:
+        if key not in by_key:
+            continue
+        gone = missing_files(bundle, by_key[key])
+        if gone:
+            skipped[key] = f"{', '.join(str(bundle.path / name) for name in gone)} missing"
+        elif not runtime_installed(key[0]):
+            skipped[key] = f"{key[0]} not installed ({_EXTRAS[key[0]]})"
     wanted = [key for key in AUTO_ORDER if backend in ("auto", key[0]) and precision in ("auto", key[1])]
     for key in wanted:
-        if key in by_key:
+        if key not in by_key:
+            continue
+        if key not in skipped:
+            if skipped:
+                _warn(bundle, skipped, wanted, by_key[key])
+            return by_key[key]
+        if key[0] == backend and (precision == key[1] or not runtime_installed(key[0])):
             if runtime_installed(key[0]):
-                return by_key[key]
-            if backend != "auto":
-                raise MissingExtraError(f"backend {key[0]!r} is not installed: {_EXTRAS[key[0]]}")
-    available = [key for key in AUTO_ORDER if key in by_key and runtime_installed(key[0])]
+                raise BundleError(f"variant {by_key[key].name} of {bundle.path} is damaged: {skipped[key]}; "
+                                  f"re-export it: distilintent export --model {bundle.path}")
+            raise MissingExtraError(f"backend {key[0]!r} is not installed: {_EXTRAS[key[0]]}")
+    available = [key for key in AUTO_ORDER if key in by_key and key not in skipped]
     if not available:
-        missing = sorted({v.backend for v in variants})
-        raise MissingExtraError(
-            f"{bundle.path} has variants for {', '.join(missing)} but no such runtime is installed: "
-            + "; ".join(_EXTRAS[name] for name in missing)
-        )
+        if all(not runtime_installed(key[0]) for key in skipped):
+            missing = sorted({v.backend for v in variants})
+            raise MissingExtraError(
+                f"{bundle.path} has variants for {', '.join(missing)} but no such runtime is installed: "
+                + "; ".join(_EXTRAS[name] for name in missing)
+            )
+        raise BundleError(f"{bundle.path} has no usable runtime variant: "
+                          + "; ".join(f"{by_key[key].name}: {why}" for key, why in skipped.items()))
     # nearest available: same backend, then same precision, then the auto order
     available.sort(key=lambda key: (backend not in ("auto", key[0]), precision not in ("auto", key[1])))
     chosen = by_key[available[0]]
     warnings.warn(
         f"{bundle.path} has no {backend}/{precision} variant (has: {', '.join(sorted(v.name for v in variants))}); "
-        f"using {chosen.name}. Export it with: distilintent export --model {bundle.path}",
+        f"using {chosen.name}. Export it with: distilintent export --model {bundle.path}"
+        + "".join(f"; skipped {by_key[key].name}: {why}" for key, why in skipped.items()),
         UserWarning,
         stacklevel=3,
     )
     return chosen
+
+
+def _warn(bundle: Bundle, skipped: dict[tuple[str, str], str], wanted: list[tuple[str, str]],
+          chosen: Variant) -> None:
+    """Warn when a wanted variant that comes before ``chosen`` was skipped as unusable."""
+    better = [key for key in wanted[: wanted.index((chosen.backend, chosen.precision))] if key in skipped]
+    if better:
+        reasons = "; ".join(f"{key[0]}/{key[1]}: {skipped[key]}" for key in better)
+        warnings.warn(f"{bundle.path}: skipped unusable variant(s) ({reasons}); using {chosen.name}",
+                      UserWarning, stacklevel=4)
