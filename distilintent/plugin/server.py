@@ -45,7 +45,7 @@ require("starlette", "server", "The NLU server")
 from starlette.applications import Starlette  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
-from starlette.requests import Request  # noqa: E402
+from starlette.requests import ClientDisconnect, Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
@@ -167,10 +167,13 @@ class _Service:
             if declared > self.max_body_bytes:
                 raise self._too_large()
         body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > self.max_body_bytes:
-                raise self._too_large()
+        try:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > self.max_body_bytes:
+                    raise self._too_large()
+        except ClientDisconnect:  # nobody will read the answer; not a server error to log with a traceback
+            raise RequestError(400, "BadRequest", "the client disconnected before sending the whole body") from None
         if not body.strip():
             raise RequestError(400, "BadRequest", "the request body is empty; send a JSON object")
         try:
