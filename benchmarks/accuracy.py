@@ -97,6 +97,9 @@ def model_row(bundle: Bundle, data: Path, precision: str, train_info: dict[str, 
         "fallback_oos_recall": fallback.get("oos_recall"),
         "fallback_oos_precision": fallback.get("oos_precision"),
         "fallback_rate": fallback.get("fallback_rate"),
+        "fallback_method": fallback.get("method"),
+        "ood_scores": report.get("ood_scores"),
+        "ece": report.get("ece"),
         "train_wall_time_s": train_info.get("wall_time_s"),
         "size_mb": size / 1e6,
         "eval_wall_time_s": seconds,
@@ -154,8 +157,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['date']}. Percentages. In-scope accuracy = accuracy on the in-scope test texts (all of "
         "BANKING77's); macro-F1 over all labels (CLINC150's `oos` included); OOS = out-of-scope recall/precision "
-        "of the raw argmax, then after the bundle's calibrated fallback threshold (confidence under it → out of "
-        "scope). Training wall time on this machine's CPU; size = the evaluated model file(s) on disk.",
+        "of the raw argmax, then after the bundle's out-of-scope rule (its score over the calibrated threshold, or "
+        "the `oos` class predicted → out of scope). Training wall time on this machine's CPU; size = the evaluated "
+        "model file(s) on disk.",
         "",
     ]
     for dataset, entry in report["datasets"].items():
@@ -176,6 +180,20 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{pct(row.get('fallback_oos_recall'))} | {pct(row.get('fallback_oos_precision'))} | "
                 f"{pct(row.get('fallback_in_scope_accuracy'))} | {train_text} | {row['size_mb']:.1f} |"
             )
+        ood_rows = [row for row in entry["rows"] if row.get("ood_scores") or row.get("ece") is not None]
+        if ood_rows:
+            lines += ["", "Out-of-scope scores (AUROC / FPR at 95 % TPR on the test split; the fallback rule uses "
+                          "the score chosen on validation) and calibration:", "",
+                      "| system | fallback score | msp | energy | mahalanobis | cosine | ECE (15 bins) |",
+                      "|---|---|---:|---:|---:|---:|---:|"]
+            for row in ood_rows:
+                scores = row.get("ood_scores") or {}
+                cells = [f"{scores[m]['auroc']:.4f} / {100 * scores[m]['fpr_at_95_tpr']:.1f} %" if m in scores
+                         else "-" for m in ("msp", "energy", "mahalanobis", "cosine")]
+                ece = "-" if row.get("ece") is None else f"{row['ece']:.4f}"
+                lines.append(f"| {row['system']} | {row.get('fallback_method') or '-'} | {' | '.join(cells)} "
+                             f"| {ece} |")
+            lines.append("")
         for ref in REFERENCES.get(dataset, []):
             accuracy = ref.get("in_scope_accuracy") or ref.get("accuracy")
             lines.append(f"| {ref['system']} (published) | {accuracy} | - | {ref.get('oos_recall', '-')} "

@@ -38,8 +38,9 @@ def test_json_lines_from_stdin(exported_bundle: Path) -> None:
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [row["text"] for row in rows] == ["hello there", "", "will it rain tomorrow", "ünïcödé 🙂"]
     for row in rows:
-        assert set(row) == {"text", "intent", "confidence", "ranking", "is_fallback"}
-    assert rows[1] == {"text": "", "intent": "nlu_fallback", "confidence": 0.0, "ranking": [], "is_fallback": True}
+        assert set(row) == {"text", "intent", "confidence", "ranking", "is_fallback", "ood_score"}
+    assert rows[1] == {"text": "", "intent": "nlu_fallback", "confidence": 0.0, "ranking": [], "is_fallback": True,
+                       "ood_score": None}
     assert rows[0]["ranking"][0] == [rows[0]["intent"], rows[0]["confidence"]] and len(rows[0]["ranking"]) == 3
 
 

@@ -65,7 +65,7 @@ def test_onnx_file_has_dynamic_axes_logits_output_and_no_external_data(exported_
 
     model = onnx.load(str(exported_bundle / "onnx/model.onnx"))
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
-    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [o.name for o in model.graph.output] == ["logits", "sentence_embedding"]
     for graph_input in model.graph.input:
         dims = graph_input.type.tensor_type.shape.dim
         assert all(dim.dim_param and not dim.dim_value for dim in dims)  # batch and sequence are symbolic
@@ -118,8 +118,13 @@ def test_fp32_parity_failure_is_refused_and_the_bundle_is_unchanged(
 ) -> None:
     path = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     before = snapshot(path)
-    real = export_module._torch_logits
-    monkeypatch.setattr(export_module, "_torch_logits", lambda *args: real(*args) + 0.01)  # torch "disagrees"
+    real = export_module._torch_outputs
+
+    def disagreeing(*args: object) -> tuple:  # torch "disagrees" with the runtime
+        logits, embedding = real(*args)
+        return logits + 0.01, embedding
+
+    monkeypatch.setattr(export_module, "_torch_outputs", disagreeing)
     with pytest.raises(ExportError, match=r"onnx-fp32: logits differ from torch by up to 1\.0\de-02"):
         export_bundle(path, formats=("onnx",))
     assert snapshot(path) == before

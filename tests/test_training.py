@@ -195,8 +195,10 @@ def test_calibrate_command_refits_threshold_on_oos_data(trained: Path, tmp_path:
     result = subprocess.run([sys.executable, "-m", "distilintent", "calibrate", "--model", str(bundle_path),
                              "--data", str(data)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    calibration = Bundle.open(bundle_path).calibration
-    assert calibration == json.loads(result.stdout)
+    manifest = Bundle.open(bundle_path).manifest
+    calibration = manifest["calibration"]
+    assert {**calibration, "ood": manifest["ood"]} == json.loads(result.stdout)
+    assert manifest["ood"]["examples"] == len(rows)
     assert calibration["examples"] == len(rows)
     assert calibration["threshold_criterion"] == "max in_scope_accuracy + oos_recall"
     assert 0 <= calibration["ece_after"] <= 1 and calibration["temperature"] > 0

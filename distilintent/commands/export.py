@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="texts to calibrate INT8 on (.jsonl/.csv/.yml data, or one text per line); "
                              "default: the training texts stored in the bundle")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+    parser.add_argument("--min-agreement", type=float, default=0.99,
+                        help="refuse an INT8 model whose top intent agrees with FP32 on fewer held-out texts "
+                             "than this share (default 0.99)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration and not args.int8:
         raise ValueError("--calibration is only used with --int8")
     written = export_bundle(args.model, formats=FORMAT_CHOICES[args.format], int8=args.int8,
-                            calibration=args.calibration, opset=args.opset)
+                            calibration=args.calibration, opset=args.opset, min_agreement=args.min_agreement)
     print(f"{'variant':<15} {'size':>9} {'max |Δlogit|':>13} {'agreement':>10} {'val. acc.':>10}")
     for name, entry in written.items():
         parity = entry["parity"]

@@ -14,12 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training data: .yml/.yaml (Rasa NLU), .csv or .jsonl; 'demo' for the bundled demo")
     parser.add_argument("--output", "-o", default="model", help="bundle directory to write (default: ./model)")
     parser.add_argument("--config", help="JSON/YAML file of training options (flags override it)")
-    parser.add_argument("--base", help="minilm (default), a Hugging Face DistilBERT name or path, or a bundle")
+    parser.add_argument("--base", help="minilm (default), a Hugging Face DistilBERT name or path, a local BERT "
+                                       "directory (mapped onto DistilBERT), or a bundle to continue from")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--layer-lr-decay", type=float, help="layer-wise learning-rate decay (1 = off)")
+    parser.add_argument("--rdrop-alpha", type=float, help="R-Drop consistency weight (0 = off)")
+    parser.add_argument("--ood-method", choices=["auto", "msp", "energy", "mahalanobis", "cosine"],
+                        help="out-of-scope score of the fallback rule (default auto: chosen on validation data)")
     parser.add_argument("--oos-label", help="out-of-scope label in the data (default: oos)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "xpu"])
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "learning_rate": args.learning_rate, "max_length": args.max_length, "device": args.device,
         "precision": args.precision, "seed": args.seed, "threads": args.threads, "ipex": args.ipex,
         "label_smoothing": args.label_smoothing, "oos_label": args.oos_label,
+        "layer_lr_decay": args.layer_lr_decay, "rdrop_alpha": args.rdrop_alpha, "ood_method": args.ood_method,
     }
     config = config.updated(overrides, source="command line")
     data = resolve_data_path(args.data)
@@ -54,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = Bundle.open(result.bundle_path).manifest
     summary = {"model": str(result.bundle_path), "epochs_run": result.epochs_run,
                "wall_time_s": round(result.wall_time_s, 1), "metrics": manifest.get("metrics", {}),
-               "calibration": manifest.get("calibration"), "variants": sorted(manifest.get("variants") or {})}
+               "calibration": manifest.get("calibration"), "ood": manifest.get("ood"),
+               "variants": sorted(manifest.get("variants") or {})}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -117,28 +117,9 @@ def choose_fallback_threshold(
     is_oos: np.ndarray | None = None,
     in_scope_coverage: float = 0.97,
 ) -> dict[str, Any]:
-    """Pick the confidence under which a prediction becomes the fallback.
+    """The top confidence under which a prediction becomes the fallback (see
+    :func:`distilintent.core.ood.choose_ood_threshold`, of which this is the ``msp`` case)."""
+    from distilintent.core.ood import choose_ood_threshold
 
-    With out-of-scope examples: the threshold maximising in-scope accuracy + out-of-scope recall
-    (balanced accuracy of "answer correctly" vs "fall back"), where an out-of-scope example counts
-    as caught when it falls under the threshold or is predicted as the out-of-scope class
-    (``correct`` is true for it). Without them: the highest threshold that keeps
-    ``in_scope_coverage`` of the in-scope examples above it.
-    """
-    confidences = np.asarray(confidences, dtype=np.float64)
-    correct = np.asarray(correct, dtype=bool)
-    if is_oos is None or not np.any(is_oos):
-        threshold = float(np.quantile(confidences, 1.0 - in_scope_coverage)) if len(confidences) else 0.0
-        return {"threshold": threshold, "criterion": f"in_scope_coverage={in_scope_coverage}"}
-    is_oos = np.asarray(is_oos, dtype=bool)
-    best: dict[str, Any] = {"score": -1.0}
-    for threshold in np.unique(np.concatenate([[0.0], confidences])):
-        answered = confidences >= threshold
-        in_scope_acc = float(np.mean((correct & answered)[~is_oos])) if (~is_oos).any() else 0.0
-        oos_recall = float(np.mean((~answered | correct)[is_oos]))
-        score = in_scope_acc + oos_recall
-        if score > best["score"] + 1e-12:
-            best = {"score": score, "threshold": float(threshold), "in_scope_accuracy": in_scope_acc,
-                    "oos_recall": oos_recall}
-    best["criterion"] = "max in_scope_accuracy + oos_recall"
-    return best
+    choice = choose_ood_threshold(-np.asarray(confidences, dtype=np.float64), correct, is_oos, in_scope_coverage)
+    return {**choice, "threshold": -choice["threshold"]}

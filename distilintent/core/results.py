@@ -13,6 +13,8 @@ class IntentResult:
 
     ``intent`` is the fallback name (``nlu_fallback`` by default) when ``is_fallback`` is true;
     ``ranking`` always holds the model's real top-k ``(label, confidence)`` pairs, best first.
+    ``ood_score`` is the out-of-scope score the fallback decision used (higher: more out of scope;
+    its kind is the detector's ``ood_method``), or None when no model ran (empty text).
     """
 
     text: str
@@ -20,6 +22,7 @@ class IntentResult:
     confidence: float
     ranking: tuple[tuple[str, float], ...]
     is_fallback: bool
+    ood_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

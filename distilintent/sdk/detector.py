@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from distilintent.core.bundle import TOKENIZER_FILE, Bundle, Variant
+from distilintent.core.errors import BundleError
 from distilintent.core.metrics import softmax
+from distilintent.core.ood import EMBEDDING_METHODS, OOD_METHODS, ClassStatistics, ood_scores
 from distilintent.core.results import IntentResult
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import Runtime, load_runtime
@@ -33,14 +36,17 @@ class IntentDetector:
             ``"openvino"`` or ``"onnxruntime"``.
         precision: ``"auto"``, ``"int8"`` or ``"fp32"``.
         threads: inference threads (``None``: the runtime's default, one per core).
-        fallback_threshold: a top confidence under it gives the fallback intent; ``None`` takes the
-            bundle's calibrated threshold (``calibration.fallback_threshold``), if any.
+        fallback_threshold: a top confidence under it gives the fallback intent (this replaces the
+            bundle's rule); ``None`` takes the bundle's calibrated out-of-scope rule (``ood`` in the
+            manifest: a score such as the Mahalanobis distance and its threshold), else its confidence
+            threshold (``calibration.fallback_threshold``), if any.
         fallback_intent: the intent name of fallback results (Rasa's ``nlu_fallback``).
         top_k: length of each result's ranking (``None``: all labels).
 
-    A result is a fallback when the top confidence (temperature-calibrated softmax) is under the
-    threshold or when the top label is the bundle's out-of-scope label (``oos_label``); its ranking
-    stays the model's. Thread-safe; usable as a context manager.
+    A result is a fallback when its out-of-scope score is over the threshold (for ``msp``: the top
+    temperature-calibrated confidence is under ``fallback_threshold``) or when the top label is the
+    bundle's out-of-scope label (``oos_label``); its ranking stays the model's. ``ood_method`` and
+    ``ood_threshold`` tell which rule is in force. Thread-safe; usable as a context manager.
     """
 
     def __init__(
@@ -76,11 +82,12 @@ class IntentDetector:
             max_length=self.max_length, threads=threads, pad_id=self._encoder.pad_token_id,
             num_labels=len(self.labels), source=str(bundle.path / self.variant.file),
         )
-        calibration = bundle.calibration
-        self.temperature = float(calibration.get("temperature") or 1.0)
-        if fallback_threshold is None:
-            fallback_threshold = calibration.get("fallback_threshold")
-        self.fallback_threshold = None if fallback_threshold is None else float(fallback_threshold)
+        self.temperature = float(bundle.calibration.get("temperature") or 1.0)
+        self.fallback_threshold: float | None = None
+        self.ood_method = "msp"
+        self.ood_threshold: float | None = None
+        self._ood_stats: ClassStatistics | None = None
+        self._set_fallback_rule(bundle, fallback_threshold)
         self.fallback_intent = fallback_intent
         self.top_k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
         oos = bundle.oos_label
@@ -95,8 +102,8 @@ class IntentDetector:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text or text.isspace():
             return self._empty_result(text)
-        logits = self._run_runtime([self._tokenizer.encode(text).ids])
-        return self._result(text, logits[0])
+        logits, embeddings = self._run_runtime(self._encoder.token_ids([text]))  # lone surrogates become U+FFFD
+        return self._results([text], logits, embeddings)[0]
 
     def detect_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[IntentResult]:
         """Classify many texts, ``batch_size`` at a time (texts of similar length are batched together)."""
@@ -108,9 +115,10 @@ class IntentDetector:
         for i in set(range(len(texts))) - set(todo):
             results[i] = self._empty_result(texts[i])
         if todo:
-            logits = self._logits_of([texts[i] for i in todo], batch_size)
-            for row, i in enumerate(todo):
-                results[i] = self._result(texts[i], logits[row])
+            chosen = [texts[i] for i in todo]
+            logits, embeddings = self._outputs_of(chosen, batch_size)
+            for i, result in zip(todo, self._results(chosen, logits, embeddings), strict=True):
+                results[i] = result
         return results  # type: ignore[return-value]
 
     async def adetect(self, text: str) -> IntentResult:
@@ -129,7 +137,24 @@ class IntentDetector:
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self._logits_of(texts, batch_size)
+        return self._outputs_of(texts, batch_size)[0]
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Pooled sentence embeddings ``(len(texts), dim)`` from the same pass (e.g. for semantic search)."""
+        texts = _check_texts(texts)
+        if self._runtime is not None and not self._runtime.has_embedding:
+            raise BundleError(f"variant {self.variant.name} was exported without the 'sentence_embedding' output; "
+                              "re-export the bundle: distilintent export --model ...")
+        embeddings = self._outputs_of(texts, batch_size)[1] if texts else None
+        return embeddings if embeddings is not None else np.zeros((0, 0), dtype=np.float32)
+
+    def ood_score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """The out-of-scope scores (``ood_method``; higher: more out of scope) of the texts."""
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros(0)
+        logits, embeddings = self._outputs_of(texts, batch_size)
+        return self._scores(logits, embeddings)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Temperature-calibrated softmax of :meth:`logits`."""
@@ -149,36 +174,79 @@ class IntentDetector:
 
     def __repr__(self) -> str:
         return (f"IntentDetector(variant={self.variant.name!r}, labels={len(self.labels)}, "
-                f"fallback_threshold={self.fallback_threshold})")
+                f"ood_method={self.ood_method!r}, ood_threshold={self.ood_threshold})")
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _run_runtime(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    def _set_fallback_rule(self, bundle: Bundle, fallback_threshold: float | None) -> None:
+        """The user's confidence threshold, else the bundle's out-of-scope rule, else its confidence threshold."""
+        if fallback_threshold is not None:
+            self.fallback_threshold = float(fallback_threshold)
+            self.ood_threshold = 1.0 - self.fallback_threshold
+            return
+        rule = bundle.manifest.get("ood") or {}
+        method = rule.get("method")
+        if method in OOD_METHODS and rule.get("threshold") is not None:
+            usable = method not in EMBEDDING_METHODS or (self._runtime is not None and self._runtime.has_embedding)
+            if usable and method in EMBEDDING_METHODS:
+                stats_file = rule.get("stats")
+                try:
+                    self._ood_stats = ClassStatistics.from_bytes(bundle.read_bytes(stats_file), len(self.labels))
+                except ValueError as err:
+                    raise BundleError(f"{bundle.path / str(stats_file)}: {err}") from err
+            if usable:
+                self.ood_method, self.ood_threshold = method, float(rule["threshold"])
+                return
+            warnings.warn(f"{bundle.path}: variant {self.variant.name} has no 'sentence_embedding' output for the "
+                          f"{method} out-of-scope score (re-export the bundle); using the confidence threshold",
+                          stacklevel=3)
+        threshold = bundle.calibration.get("fallback_threshold")
+        if threshold is not None:
+            self.fallback_threshold = float(threshold)
+            self.ood_threshold = 1.0 - self.fallback_threshold
+
+    def _run_runtime(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray | None]:
         runtime = self._runtime
         if runtime is None:
             raise RuntimeError("this IntentDetector is closed")
-        return runtime.run(ids)
+        return runtime.run_outputs(ids)
 
-    def _logits_of(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def _outputs_of(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         ids = self._encoder.token_ids(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
-        out = np.empty((len(ids), len(self.labels)), dtype=np.float32)
+        logits = np.empty((len(ids), len(self.labels)), dtype=np.float32)
+        embeddings: np.ndarray | None = None
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            out[chunk] = self._run_runtime([ids[i] for i in chunk])
-        return out
+            chunk_logits, chunk_embeddings = self._run_runtime([ids[i] for i in chunk])
+            logits[chunk] = chunk_logits
+            if chunk_embeddings is not None:
+                if embeddings is None:
+                    embeddings = np.empty((len(ids), chunk_embeddings.shape[1]), dtype=np.float32)
+                embeddings[chunk] = chunk_embeddings
+        return logits, embeddings
 
-    def _result(self, text: str, logits: np.ndarray) -> IntentResult:
-        probs = softmax(logits, self.temperature)
-        order = np.argsort(-probs, kind="stable")[: self.top_k]
-        top = int(order[0])
-        confidence = float(probs[top])
-        ranking = tuple(zip(self._labels_array[order].tolist(), probs[order].tolist(), strict=True))
-        is_fallback = top == self._oos_index or (
-            self.fallback_threshold is not None and confidence < self.fallback_threshold
-        )
-        intent = self.fallback_intent if is_fallback else self.labels[top]
-        return IntentResult(text, intent, confidence, ranking, is_fallback)
+    def _scores(self, logits: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+        return ood_scores(self.ood_method, logits, embeddings, temperature=self.temperature,
+                          stats=self._ood_stats, oos_index=self._oos_index)
+
+    def _results(self, texts: Sequence[str], logits: np.ndarray, embeddings: np.ndarray | None) -> list[IntentResult]:
+        scores = self._scores(logits, embeddings)
+        results = []
+        for text, row, score in zip(texts, logits, scores, strict=True):
+            probs = softmax(row, self.temperature)
+            order = np.argsort(-probs, kind="stable")[: self.top_k]
+            top = int(order[0])
+            confidence = float(probs[top])
+            ranking = tuple(zip(self._labels_array[order].tolist(), probs[order].tolist(), strict=True))
+            if self.ood_method == "msp":  # compared as the user gave it (no 1 - x rounding)
+                out_of_scope = self.fallback_threshold is not None and confidence < self.fallback_threshold
+            else:
+                out_of_scope = self.ood_threshold is not None and float(score) > self.ood_threshold
+            is_fallback = top == self._oos_index or out_of_scope
+            intent = self.fallback_intent if is_fallback else self.labels[top]
+            results.append(IntentResult(text, intent, confidence, ranking, is_fallback, float(score)))
+        return results
 
     def _empty_result(self, text: str) -> IntentResult:
         return IntentResult(text, self.fallback_intent, 0.0, (), True)

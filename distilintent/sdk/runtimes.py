@@ -31,15 +31,24 @@ from distilintent.core.errors import BundleError, MissingExtraError
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+EMBEDDING = "sentence_embedding"
 MIN_BUCKET = 8
+
+
+Outputs = tuple[np.ndarray, np.ndarray | None]  # logits, pooled embeddings (None: older exports)
 
 
 class Runtime(Protocol):
     backend: str
     precision: str
+    has_embedding: bool
 
     def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Token-id lists (at most ``max_length`` each) → ``(len(ids), num_labels)`` float32 logits."""
+        ...
+
+    def run_outputs(self, ids: Sequence[Sequence[int]]) -> Outputs:
+        """Logits and, when the graph has the output ``embedding``, the pooled sentence embeddings."""
         ...
 
     def close(self) -> None: ...
@@ -101,12 +110,17 @@ class OnnxRuntimeModel:
         self._inputs = _graph_inputs([i.name for i in self._session.get_inputs()], source)
         shape = self._session.get_outputs()[0].shape
         self.output_width: int | None = shape[-1] if shape and isinstance(shape[-1], int) else None
-        self._outputs = [self._session.get_outputs()[0].name]
+        names = [output.name for output in self._session.get_outputs()]
+        self.has_embedding = EMBEDDING in names[1:]
+        self._outputs = [names[0], EMBEDDING] if self.has_embedding else [names[0]]
         self.precision = precision
         self.pad_id = pad_id
         self.threads = threads
 
     def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        return self.run_outputs(ids)[0]
+
+    def run_outputs(self, ids: Sequence[Sequence[int]]) -> Outputs:
         if len(ids) == 1:  # the latency path: no padding
             input_ids = np.array(ids, dtype=np.int64)
             attention_mask = np.ones_like(input_ids)
@@ -118,7 +132,8 @@ class OnnxRuntimeModel:
         feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         if len(self._inputs) == 1:
             feed.pop(ATTENTION_MASK)
-        return self._session.run(self._outputs, feed)[0]
+        outputs = self._session.run(self._outputs, feed)
+        return outputs[0], (outputs[1] if self.has_embedding else None)
 
     def close(self) -> None:
         self._session = None
@@ -148,7 +163,7 @@ class _StaticModel:
         self._inputs = inputs
         self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
 
-    def run(self, ids: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+    def run(self, ids: Sequence[Sequence[int]], pad_id: int, outputs: int) -> Outputs:
         try:
             slot = self._pool.get_nowait()
         except queue.Empty:
@@ -156,7 +171,9 @@ class _StaticModel:
         try:
             pad_into(ids, slot.input_ids, slot.attention_mask, pad_id)
             slot.request.infer()
-            return slot.request.get_output_tensor(0).data[: len(ids)].copy()
+            logits = slot.request.get_output_tensor(0).data[: len(ids)].copy()
+            embedding = slot.request.get_output_tensor(1).data[: len(ids)].copy() if outputs > 1 else None
+            return logits, embedding
         finally:
             self._pool.put(slot)
 
@@ -209,6 +226,9 @@ class OpenVINOModel:
         shape = self._model.outputs[0].get_partial_shape()
         last = shape[shape.rank.get_length() - 1] if shape.rank.is_static and shape.rank.get_length() else None
         self.output_width: int | None = last.get_length() if last is not None and last.is_static else None
+        output_names = [port.get_names() for port in self._model.outputs]
+        self.has_embedding = len(output_names) > 1 and EMBEDDING in output_names[1]
+        self._output_count = 2 if self.has_embedding else 1
         self.precision = precision
         self.max_length = max_length
         self.pad_id = pad_id
@@ -233,9 +253,12 @@ class OpenVINOModel:
         return self.buckets[-1] if self.buckets else length
 
     def run(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        return self.run_outputs(ids)[0]
+
+    def run_outputs(self, ids: Sequence[Sequence[int]]) -> Outputs:
         width = self.bucket(max(len(tokens) for tokens in ids))
         if len(ids) == 1 and self.buckets:
-            return self._static_model(1, width).run(ids, self.pad_id)
+            return self._static_model(1, width).run(ids, self.pad_id, self._output_count)
         return self._run_dynamic(ids, width)
 
     def _static_model(self, batch: int, width: int) -> _StaticModel:
@@ -251,7 +274,7 @@ class OpenVINOModel:
                                                                          self._inputs)
         return model
 
-    def _run_dynamic(self, ids: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    def _run_dynamic(self, ids: Sequence[Sequence[int]], width: int) -> Outputs:
         if self._dynamic is None:
             with self._lock:
                 if self._dynamic is None:
@@ -262,7 +285,8 @@ class OpenVINOModel:
         request = self._dynamic.create_infer_request()
         feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         request.infer({name: feed[name] for name in self._inputs}, share_inputs=True)
-        return request.get_output_tensor(0).data.copy()
+        embedding = request.get_output_tensor(1).data.copy() if self.has_embedding else None
+        return request.get_output_tensor(0).data.copy(), embedding
 
     def close(self) -> None:
         with self._lock:

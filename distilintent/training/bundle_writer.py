@@ -9,6 +9,7 @@ from typing import Any
 
 from distilintent.core.bundle import TOKENIZER_FILE, write_bundle
 from distilintent.core.data import Example
+from distilintent.core.ood import STATS_FILE
 from distilintent.core.tokenization import TextEncoder
 from distilintent.training.model import IntentModel, save_model_files
 
@@ -28,11 +29,14 @@ def write_model_bundle(
     calibration: dict[str, Any] | None = None,
     oos_label: str | None = None,
     samples: dict[str, Sequence[Example]] | None = None,
+    ood: dict[str, Any] | None = None,
+    ood_stats: bytes | None = None,
 ) -> Path:
     """Atomically write weights, tokenizer and manifest.
 
     ``samples`` (``validation``: held-out labelled texts, ``calibration``: training texts) are stored
     as JSONL so that export can check parity and calibrate INT8 without the original data file.
+    ``ood`` is the out-of-scope rule and ``ood_stats`` the class statistics its distance scores use.
     """
     encoder_config = model.encoder.config
 
@@ -50,6 +54,9 @@ def write_model_bundle(
                     handle.write(json.dumps({"text": example.text, "label": example.label}, ensure_ascii=False))
                     handle.write("\n")
             stored[name] = SAMPLE_FILES[name]
+        if ood_stats is not None:
+            (root / STATS_FILE).parent.mkdir(parents=True, exist_ok=True)
+            (root / STATS_FILE).write_bytes(ood_stats)
         return {
             "task": "text-classification",
             "labels": list(labels),
@@ -66,12 +73,13 @@ def write_model_bundle(
                 **model.head_config,
             },
             "inputs": ["input_ids", "attention_mask"],
-            "outputs": ["logits"],
+            "outputs": ["logits", "sentence_embedding"],
             "base_model": base_model,
             "training": training,
             "data": data or {},
             "metrics": metrics or {},
             "calibration": calibration or {"temperature": 1.0, "fallback_threshold": None},
+            "ood": ood,
             "samples": stored,
             "variants": {},
         }

@@ -12,6 +12,21 @@ from distilintent.core.bundle import Bundle, update_bundle
 from distilintent.core.data import Example, load_examples
 from distilintent.core.errors import DataError
 from distilintent.core.metrics import choose_fallback_threshold, expected_calibration_error, fit_temperature, softmax
+from distilintent.core.ood import (
+    EMBEDDING_METHODS,
+    OOD_METHODS,
+    STATS_FILE,
+    ClassStatistics,
+    auroc,
+    choose_ood_threshold,
+    fpr_at_tpr,
+    ood_scores,
+)
+
+# Chosen by measurement (benchmarks/results/sweep.md: CLINC150 trained without its out-of-scope class,
+# 3 seeds, best test AUROC every time): used when validation data has no
+# out-of-scope examples to choose with.
+DEFAULT_OOD_METHOD = "mahalanobis"
 
 
 def calibrate(
@@ -49,6 +64,60 @@ def calibrate(
     }
 
 
+def fit_ood_rule(
+    logits: np.ndarray,
+    embeddings: np.ndarray | None,
+    truth: Sequence[str],
+    labels: Sequence[str],
+    *,
+    temperature: float,
+    stats: ClassStatistics | None,
+    oos_label: str | None = None,
+    in_scope_coverage: float = 0.97,
+    method: str = "auto",
+) -> dict[str, Any]:
+    """The out-of-scope rule stored as ``ood`` in the manifest: a score and its fallback threshold.
+
+    Every score is measured on the validation examples; with out-of-scope examples among them,
+    ``auto`` keeps the score whose best threshold gives the highest in-scope accuracy + out-of-scope
+    recall (ties: higher AUROC), else :data:`DEFAULT_OOD_METHOD`. Distance scores need ``embeddings``
+    and ``stats``; without them only ``msp`` and ``energy`` are candidates.
+    """
+    if method != "auto" and method not in OOD_METHODS:
+        raise ValueError(f"ood method must be 'auto' or one of {OOD_METHODS}, got {method!r}")
+    index = {label: position for position, label in enumerate(labels)}
+    oos_index = index.get(oos_label, -1) if oos_label else -1
+    targets = np.asarray([index.get(label, -1) for label in truth])
+    predicted = np.asarray(logits).argmax(axis=1)
+    correct = predicted == targets
+    is_oos = np.asarray([label == oos_label for label in truth]) if oos_label else np.zeros(len(truth), bool)
+    available = [name for name in OOD_METHODS
+                 if name not in EMBEDDING_METHODS or (embeddings is not None and stats is not None)]
+    if method != "auto" and method not in available:
+        raise ValueError(f"the {method} score needs embeddings and class statistics, which this model lacks")
+    measured: dict[str, dict[str, Any]] = {}
+    for name in available:
+        scores = ood_scores(name, logits, embeddings, temperature=temperature, stats=stats, oos_index=oos_index)
+        choice = choose_ood_threshold(scores, correct, is_oos if is_oos.any() else None, in_scope_coverage)
+        measured[name] = {**choice, "auroc": auroc(scores, is_oos), "fpr_at_95_tpr": fpr_at_tpr(scores, is_oos)}
+    if method == "auto":
+        if is_oos.any():
+            method = max(measured, key=lambda name: (round(measured[name]["score"], 9), measured[name]["auroc"]))
+        else:
+            method = DEFAULT_OOD_METHOD if DEFAULT_OOD_METHOD in measured else "msp"
+    chosen = measured[method]
+    return {
+        "method": method,
+        "threshold": chosen["threshold"],
+        "criterion": chosen["criterion"],
+        "stats": STATS_FILE if method in EMBEDDING_METHODS else None,
+        "embedding": "mean-pooled encoder output (graph output 'sentence_embedding')",
+        "validation": {name: {key: value for key, value in entry.items() if key != "criterion"}
+                       for name, entry in measured.items()},
+        "examples": len(truth),
+    }
+
+
 def recalibrate_bundle(
     bundle_path: str | Path,
     data: str | Path | Sequence[Example],
@@ -56,8 +125,10 @@ def recalibrate_bundle(
     backend: str = "torch",
     in_scope_coverage: float | None = None,
 ) -> dict[str, Any]:
-    """Refit temperature and threshold of a bundle on labelled data and store them in its manifest."""
-    from distilintent.training.evaluate import bundle_logits
+    """Refit temperature, confidence threshold and out-of-scope rule of a bundle on labelled data and
+    store them in its manifest. The class statistics of the distance scores stay those of training; a
+    bundle without them (trained by an older version) gets them from the data's ``train`` split."""
+    from distilintent.training.evaluate import bundle_ood_stats, bundle_outputs
 
     bundle = Bundle.open(bundle_path)
     examples = load_examples(data) if isinstance(data, (str, Path)) else list(data)
@@ -67,12 +138,35 @@ def recalibrate_bundle(
     training = bundle.manifest.get("training") or {}
     oos_label = bundle.oos_label or training.get("oos_label")
     coverage = in_scope_coverage or training.get("in_scope_coverage", 0.97)
-    logits, _ = bundle_logits(bundle.path, [example.text for example in chosen], backend)
-    calibration = calibrate(logits, [example.label for example in chosen], bundle.labels, oos_label, coverage)
+    logits, embeddings, _ = bundle_outputs(bundle.path, [example.text for example in chosen], backend)
+    truth = [example.label for example in chosen]
+    calibration = calibrate(logits, truth, bundle.labels, oos_label, coverage)
+    stats = bundle_ood_stats(bundle)
+    new_stats = None
+    train_examples = [example for example in examples if example.split == "train"]
+    if stats is None and train_examples and embeddings is not None:  # a bundle trained before the distance scores
+        stats = new_stats = _fit_statistics(bundle, train_examples, oos_label)
+    ood = fit_ood_rule(logits, embeddings, truth, bundle.labels, temperature=calibration["temperature"],
+                       stats=stats, oos_label=oos_label, in_scope_coverage=coverage,
+                       method=training.get("ood_method", "auto"))
 
     def store(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         manifest["calibration"] = calibration
+        manifest["ood"] = ood
+        if new_stats is not None:
+            (root / STATS_FILE).parent.mkdir(parents=True, exist_ok=True)
+            (root / STATS_FILE).write_bytes(new_stats.to_bytes())
         return manifest
 
     update_bundle(bundle.path, store)
-    return calibration
+    return {**calibration, "ood": ood}
+
+
+def _fit_statistics(bundle: Bundle, train_examples: Sequence[Example], oos_label: str | None) -> ClassStatistics:
+    from distilintent.training.inference import TorchPredictor
+
+    index = {label: position for position, label in enumerate(bundle.labels)}
+    known = [example for example in train_examples if example.label in index]
+    _, embeddings = TorchPredictor.from_bundle(bundle).outputs([example.text for example in known])
+    targets = np.asarray([index[example.label] for example in known])
+    return ClassStatistics.fit(embeddings, targets, exclude=[index[oos_label]] if oos_label in index else [])

@@ -22,12 +22,20 @@ class TrainConfig:
     head_hidden / head_activation / dropout / pooling: the classification head
         (pooled encoder output → dense ``head_hidden`` → activation → dropout → logits).
     label_smoothing: cross-entropy label smoothing.
+    layer_lr_decay: layer-wise learning-rate decay: the head trains at ``learning_rate``, encoder layer
+        ``i`` (of ``n``) at ``learning_rate · decay^(n − i)``, the embeddings at ``decay^(n + 1)`` (1 = off).
+    rdrop_alpha: R-Drop consistency regularisation: each batch runs twice with different dropout and
+        ``alpha`` × the symmetric KL divergence of the two predictions is added to the loss (0 = off;
+        doubles the cost of a step).
     validation_fraction: held out stratified from train when the data has no validation split.
     early_stopping_patience: epochs without validation improvement before stopping (0 = never stop early).
     checkpoint_every: also checkpoint every N optimiser steps inside an epoch (0 = only at epoch ends).
     oos_label: the out-of-scope label in the data, if any (gets out-of-scope metrics and the fallback).
     in_scope_coverage: without out-of-scope validation examples, the fallback threshold keeps this share
         of in-scope validation predictions.
+    ood_method: the out-of-scope score of the fallback rule: ``auto`` (chosen on validation data when it
+        has out-of-scope examples, else ``mahalanobis``), ``msp``, ``energy``, ``mahalanobis`` or ``cosine``
+        (see :mod:`distilintent.core.ood`).
     device / precision: ``auto`` picks xpu → cuda → cpu, and bf16 autocast where the hardware has it.
     threads: torch intra-op threads on CPU (None = torch's default).
     ipex: apply ``ipex.optimize`` (needs the ``[ipex]`` extra).
@@ -45,12 +53,15 @@ class TrainConfig:
     dropout: float = 0.1
     pooling: str = "mean"
     label_smoothing: float = 0.0
+    layer_lr_decay: float = 1.0
+    rdrop_alpha: float = 0.0
     seed: int = 42
     validation_fraction: float = 0.1
     early_stopping_patience: int = 2
     checkpoint_every: int = 500
     oos_label: str = "oos"
     in_scope_coverage: float = 0.97
+    ood_method: str = "auto"
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
@@ -71,6 +82,10 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda", "xpu"), "device must be auto, cpu, cuda or xpu"),
             (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
             (0 < self.in_scope_coverage <= 1, "in_scope_coverage must be in (0, 1]"),
+            (0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]"),
+            (self.rdrop_alpha >= 0, "rdrop_alpha must be >= 0"),
+            (self.ood_method in ("auto", "msp", "energy", "mahalanobis", "cosine"),
+             "ood_method must be auto, msp, energy, mahalanobis or cosine"),
         ]
         for ok, message in checks:
             if not ok:

@@ -82,7 +82,7 @@ def export_bundle(
                                    (bundle.manifest.get("tokenizer") or {}).get("pad_token_id"))
     model = load_bundle_model(bundle)
     texts, labels, source = _reference_sample(bundle)
-    reference = _torch_logits(model, encoder, texts)
+    reference, reference_embedding = _torch_outputs(model, encoder, texts)
     calibration_texts, calibration_source = (
         _calibration_texts(bundle, calibration, calibration_size) if int8 else ([], None)
     )
@@ -94,8 +94,8 @@ def export_bundle(
             work = Path(scratch)
             files = _convert(model, encoder, bundle.max_length, names, work, opset, calibration_texts)
             for name in names:
-                entry = _check(name, work, encoder, texts, labels, reference, tolerance, min_agreement,
-                               bundle.max_length)
+                entry = _check(name, work, encoder, texts, labels, (reference, reference_embedding), tolerance,
+                               min_agreement, bundle.max_length)
                 entry["export"] = files[name]["settings"]
                 if name.endswith("int8"):
                     entry["export"]["calibration_source"] = calibration_source
@@ -143,23 +143,28 @@ def _convert(model: Any, encoder: TextEncoder, max_length: int, names: Sequence[
 
 
 def _check(name: str, work: Path, encoder: TextEncoder, texts: Sequence[str],
-           labels: Sequence[int] | None, reference: np.ndarray, tolerance: float, min_agreement: float,
-           max_length: int) -> dict[str, Any]:
+           labels: Sequence[int] | None, references: tuple[np.ndarray, np.ndarray], tolerance: float,
+           min_agreement: float, max_length: int) -> dict[str, Any]:
     backend, precision, file, weights = VARIANT_FILES[name]
+    reference, reference_embedding = references
     runtime = load_runtime(backend, precision, (work / file).read_bytes(),
                            (work / weights).read_bytes() if weights else None, max_length=max_length,
                            pad_id=encoder.pad_token_id)
     try:
-        logits, one_by_one = _runtime_logits(runtime, encoder, texts)
+        logits, embedding, one_by_one = _runtime_outputs(runtime, encoder, texts)
     finally:
         runtime.close()
     diff = max(float(np.max(np.abs(logits - reference))),
                float(np.max(np.abs(one_by_one - reference[: len(one_by_one)]))))
+    embedding_diff = float(np.max(np.abs(embedding - reference_embedding))) if embedding is not None else None
     agreement = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
     agreement_single = float(np.mean(one_by_one.argmax(-1) == reference[: len(one_by_one)].argmax(-1)))
     if precision == "fp32" and not diff <= tolerance:
         raise ExportError(f"{name}: logits differ from torch by up to {diff:.2e} (tolerance {tolerance:.0e}) on "
                           f"{len(texts)} texts; the bundle was not changed")
+    if precision == "fp32" and not (embedding_diff is not None and embedding_diff <= tolerance):
+        raise ExportError(f"{name}: the embedding output is missing or differs from torch by {embedding_diff} "
+                          f"(tolerance {tolerance:.0e}); the bundle was not changed")
     if precision == "int8" and agreement < min_agreement:
         raise Int8AgreementError(
             f"{name}: top intent agrees with FP32 on {agreement:.1%} of {len(texts)} held-out texts "
@@ -168,7 +173,9 @@ def _check(name: str, work: Path, encoder: TextEncoder, texts: Sequence[str],
     entry: dict[str, Any] = {
         "backend": backend, "precision": precision, "file": file, "num_labels": int(reference.shape[1]),
         "size_bytes": size,
-        "parity": {"n": len(texts), "max_abs_logit_diff": diff, "top1_agreement": agreement,
+        "outputs": ["logits", "sentence_embedding"] if embedding is not None else ["logits"],
+        "parity": {"n": len(texts), "max_abs_logit_diff": diff, "max_abs_embedding_diff": embedding_diff,
+                   "top1_agreement": agreement,
                    "n_batch1": len(one_by_one), "top1_agreement_batch1": agreement_single},
         "validation_accuracy": _accuracy(logits, labels),
     }
@@ -177,24 +184,31 @@ def _check(name: str, work: Path, encoder: TextEncoder, texts: Sequence[str],
     return entry
 
 
-def _runtime_logits(runtime: Any, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 32,
-                    single: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def _runtime_outputs(runtime: Any, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 32,
+                     single: int = 256) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Batches of 32 as ``detect_batch`` runs them (the INT8 gate), and the first ``single`` texts one
     by one as ``detect`` does (OpenVINO runs its static-shape models there): logits of both paths must
-    match torch for FP32; the batch-1 agreement of INT8 is recorded."""
+    match torch for FP32; the batch-1 agreement of INT8 is recorded. Returns batched logits, batched
+    embeddings (None if the graph has none) and the one-by-one logits."""
     ids = encoder.token_ids(list(texts))
-    batched = np.concatenate([runtime.run(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+    batches = [runtime.run_outputs(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    logits = np.concatenate([batch[0] for batch in batches]).astype(np.float32)
+    embedding = (np.concatenate([batch[1] for batch in batches]).astype(np.float32)
+                 if all(batch[1] is not None for batch in batches) else None)
     one_by_one = np.stack([runtime.run([tokens])[0] for tokens in ids[:single]])
-    return batched.astype(np.float32), one_by_one.astype(np.float32)
+    return logits, embedding, one_by_one.astype(np.float32)
 
 
-def _torch_logits(model: Any, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    parts = []
+def _torch_outputs(model: Any, encoder: TextEncoder, texts: Sequence[str],
+                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    logits, embeddings = [], []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             input_ids, attention_mask = encoder.encode(texts[start : start + batch_size])
-            parts.append(model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).float().numpy())
-    return np.concatenate(parts)
+            pooled = model.embed(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+            logits.append(model.head(pooled).float().numpy())
+            embeddings.append(pooled.float().numpy())
+    return np.concatenate(logits), np.concatenate(embeddings)
 
 
 def _accuracy(logits: np.ndarray, labels: Sequence[int] | None) -> float | None:

@@ -18,6 +18,18 @@ from transformers import DistilBertModel
 from distilintent.training.model import IntentModel
 
 
+class IntentGraph(nn.Module):
+    """:class:`IntentModel` with its pooled embedding as a second output (any encoder)."""
+
+    def __init__(self, model: IntentModel) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.model.embed(input_ids, attention_mask)
+        return self.model.head(pooled), pooled
+
+
 class PlainIntentGraph(nn.Module):
     """``IntentModel.forward`` for a ``DistilBertModel`` encoder in eval mode, without dropout."""
 
@@ -34,7 +46,8 @@ class PlainIntentGraph(nn.Module):
     def supports(model: IntentModel) -> bool:
         return isinstance(model.encoder, DistilBertModel)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, pooled embedding)``: the embedding feeds the distance-based out-of-scope scores."""
         embeddings = self.model.encoder.embeddings
         length = input_ids.shape[1]
         hidden = embeddings.word_embeddings(input_ids) + embeddings.position_embeddings.weight[:length]
@@ -50,7 +63,7 @@ class PlainIntentGraph(nn.Module):
         else:
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return self.model.head(pooled)
+        return self.model.head(pooled), pooled
 
     def _attention(self, attention: nn.Module, hidden: torch.Tensor, additive: torch.Tensor) -> torch.Tensor:
         batch, length, dim = hidden.shape

@@ -18,10 +18,10 @@ import torch
 
 from distilintent.core.deps import require
 from distilintent.sdk.runtimes import ATTENTION_MASK, INPUT_IDS, buckets_for, pad_into
-from distilintent.training.export_graph import PlainIntentGraph
+from distilintent.training.export_graph import IntentGraph, PlainIntentGraph
 from distilintent.training.model import IntentModel
 
-ONNX_OUTPUT = "logits"
+ONNX_OUTPUTS = ("logits", "sentence_embedding")
 
 
 @contextlib.contextmanager
@@ -41,7 +41,8 @@ def quiet(*loggers: str) -> Iterator[None]:
 
 def export_onnx(model: IntentModel, path: Path, opset: int, max_length: int) -> dict[str, Any]:
     """``torch.onnx.export`` with the dynamo exporter (the legacy one fails on transformers 5):
-    dynamic batch and sequence axes, output ``logits``, weights inside the single ``.onnx`` file.
+    dynamic batch and sequence axes, outputs ``logits`` and ``sentence_embedding`` (the pooled sentence vector the
+    distance-based out-of-scope scores use), weights inside the single ``.onnx`` file.
 
     A DistilBERT encoder is exported through :class:`PlainIntentGraph` (same function, a leaner graph)."""
     if opset < 17:
@@ -50,14 +51,14 @@ def export_onnx(model: IntentModel, path: Path, opset: int, max_length: int) -> 
     sample = (torch.ones(2, width, dtype=torch.long), torch.ones(2, width, dtype=torch.long))
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
     plain = PlainIntentGraph.supports(model)
-    module = PlainIntentGraph(model) if plain else model.eval()
+    module = PlainIntentGraph(model) if plain else IntentGraph(model)
     with quiet("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
         torch.onnx.export(
             module,
             sample,
             str(path),
             input_names=[INPUT_IDS, ATTENTION_MASK],
-            output_names=[ONNX_OUTPUT],
+            output_names=list(ONNX_OUTPUTS),
             dynamic_shapes={INPUT_IDS: dims, ATTENTION_MASK: dims},
             opset_version=opset,
             dynamo=True,

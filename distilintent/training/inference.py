@@ -31,25 +31,30 @@ class TorchPredictor:
     def logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         return self.logits_from_ids(self.encoder.token_ids(list(texts)), batch_size)
 
-    @torch.inference_mode()
     def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 128) -> np.ndarray:
+        return self.outputs_from_ids(ids, batch_size)[0]
+
+    def outputs(self, texts: Sequence[str], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled sentence embeddings (what the exported graph outputs)."""
+        return self.outputs_from_ids(self.encoder.token_ids(list(texts)), batch_size)
+
+    @torch.inference_mode()
+    def outputs_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
         from distilintent.training.device import autocast
 
         was_training = self.model.training
         self.model.eval()
         order = np.argsort([len(row) for row in ids], kind="stable")
-        out = None
+        logits_out = np.zeros((len(ids), self.model.head_config["num_labels"]), dtype=np.float32)
+        embeddings_out = np.zeros((len(ids), self.model.encoder.config.dim), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             input_ids, mask = self.encoder.pad([ids[i] for i in chunk])
             with autocast(self.device, self.dtype):
-                logits = self.model(torch.from_numpy(input_ids).to(self.device),
-                                    torch.from_numpy(mask).to(self.device))
-            logits = logits.float().cpu().numpy()
-            if out is None:
-                out = np.zeros((len(ids), logits.shape[1]), dtype=np.float32)
-            out[chunk] = logits
+                pooled = self.model.embed(torch.from_numpy(input_ids).to(self.device),
+                                          torch.from_numpy(mask).to(self.device))
+                logits = self.model.head(pooled)
+            logits_out[chunk] = logits.float().cpu().numpy()
+            embeddings_out[chunk] = pooled.float().cpu().numpy()
         self.model.train(was_training)
-        if out is None:
-            return np.zeros((0, self.model.head_config["num_labels"]), dtype=np.float32)
-        return out
+        return logits_out, embeddings_out

