@@ -100,6 +100,7 @@ def model_row(bundle: Bundle, data: Path, precision: str, train_info: dict[str, 
         "fallback_method": fallback.get("method"),
         "ood_scores": report.get("ood_scores"),
         "ece": report.get("ece"),
+        "ece_in_scope": report.get("ece_in_scope"),
         "train_wall_time_s": train_info.get("wall_time_s"),
         "size_mb": size / 1e6,
         "eval_wall_time_s": seconds,
@@ -184,15 +185,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         if ood_rows:
             lines += ["", "Out-of-scope scores (AUROC / FPR at 95 % TPR on the test split; the fallback rule uses "
                           "the score chosen on validation) and calibration:", "",
-                      "| system | fallback score | msp | energy | mahalanobis | cosine | ECE (15 bins) |",
-                      "|---|---|---:|---:|---:|---:|---:|"]
+                      "| system | fallback score | msp | energy | mahalanobis | cosine | ECE (15 bins) | "
+                      "ECE in-scope texts |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|"]
             for row in ood_rows:
                 scores = row.get("ood_scores") or {}
                 cells = [f"{scores[m]['auroc']:.4f} / {100 * scores[m]['fpr_at_95_tpr']:.1f} %" if m in scores
                          else "-" for m in ("msp", "energy", "mahalanobis", "cosine")]
-                ece = "-" if row.get("ece") is None else f"{row['ece']:.4f}"
+                ece, ece_in = (("-" if row.get(key) is None else f"{row[key]:.4f}") for key in ("ece", "ece_in_scope"))
                 lines.append(f"| {row['system']} | {row.get('fallback_method') or '-'} | {' | '.join(cells)} "
-                             f"| {ece} |")
+                             f"| {ece} | {ece_in} |")
             lines.append("")
         for ref in REFERENCES.get(dataset, []):
             accuracy = ref.get("in_scope_accuracy") or ref.get("accuracy")

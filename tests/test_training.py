@@ -232,3 +232,27 @@ def test_train_export_keeps_fp32_when_int8_is_refused(tiny_base: Path, tmp_path:
     result = train(toy_examples(), config, tmp_path / "m", export=True, progress=False)
     assert sorted(Bundle.open(result.bundle_path).variants) == ["onnx-fp32", "openvino-fp32"]
     assert "INT8 export refused" in caplog.text
+
+
+def test_layer_lr_decay_scales_groups_by_depth(tiny_base: Path) -> None:
+    from distilintent.training.model import IntentModel, load_base
+    from distilintent.training.trainer import _param_groups
+
+    model = IntentModel(load_base(str(tiny_base)).encoder, 3, head_hidden=8)
+    groups = _param_groups(model, 0.01, layer_lr_decay=0.5)
+    scale_of = {id(param): group["lr_scale"] for group in groups for param in group["params"]}
+    named = dict(model.named_parameters())
+    assert scale_of[id(named["head.0.weight"])] == 1.0
+    assert scale_of[id(named["encoder.transformer.layer.1.ffn.lin1.weight"])] == 0.5
+    assert scale_of[id(named["encoder.transformer.layer.0.ffn.lin1.weight"])] == 0.25
+    assert scale_of[id(named["encoder.embeddings.word_embeddings.weight"])] == 0.125
+    assert len(scale_of) == len(named)  # every parameter is in exactly one group
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(named["encoder.embeddings.LayerNorm.weight"]) in no_decay
+
+
+def test_rdrop_and_layer_decay_still_learn(tiny_base: Path, tmp_path: Path) -> None:
+    config = TrainConfig().updated(tiny_train_options(tiny_base, epochs=6, rdrop_alpha=1.0, layer_lr_decay=0.8))
+    result = train(toy_examples(), config, tmp_path / "m", progress=False)
+    assert result.metrics["best_validation_accuracy"] >= 0.9
+    assert Bundle.open(result.bundle_path).manifest["training"]["rdrop_alpha"] == 1.0

@@ -59,6 +59,9 @@ def report_from_logits(
     # calibration is measured where the right answer is one of the model's labels
     report["ece"] = expected_calibration_error(confidence[known], correct[known]) if known.any() else None
     report["reliability"] = reliability_bins(confidence[known], correct[known])
+    in_scope = known & (np.asarray(y_true, dtype=object) != oos_label)
+    if oos_label is not None and in_scope.any() and not in_scope.all():
+        report["ece_in_scope"] = expected_calibration_error(confidence[in_scope], correct[in_scope])
     report["temperature"] = temperature
     oos_index = list(labels).index(oos_label) if oos_label in labels else -1
     has_oos = oos_label is not None and oos_label in set(y_true)
