@@ -238,3 +238,14 @@ def test_calibrate_refits_the_rule_and_keeps_statistics(oos_bundle: Path, tmp_pa
     manifest = Bundle.open(path).manifest
     assert manifest["ood"]["examples"] == len(rows)
     assert Bundle.open(path).read_bytes(STATS_FILE) == stats_before
+
+
+def test_calibrate_without_a_validation_split_uses_the_stored_sample(oos_bundle: Path, tmp_path: Path) -> None:
+    from distilintent.training.calibration import recalibrate_bundle
+
+    path = shutil.copytree(oos_bundle, tmp_path / "bundle")
+    stored = Bundle.open(path).read_bytes("samples/validation.jsonl").decode().splitlines()
+    train_only = [e for e in toy_examples({**TOY_TEMPLATES, **OOS_TEMPLATES}, repeat=1)]
+    result = recalibrate_bundle(path, [type(e)(e.text, e.label, "train") for e in train_only])
+    assert result["ood"]["examples"] == len(stored)
+    assert Bundle.open(path).manifest["ood"]["method"] == result["ood"]["method"]

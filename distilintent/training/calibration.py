@@ -126,15 +126,21 @@ def recalibrate_bundle(
     in_scope_coverage: float | None = None,
 ) -> dict[str, Any]:
     """Refit temperature, confidence threshold and out-of-scope rule of a bundle on labelled data and
-    store them in its manifest. The class statistics of the distance scores stay those of training; a
+    store them in its manifest. Without a ``validation`` split in the data, the validation sample that
+    training stored in the bundle is used. The class statistics of the distance scores stay those of training; a
     bundle without them (trained by an older version) gets them from the data's ``train`` split."""
     from distilintent.training.evaluate import bundle_ood_stats, bundle_outputs
 
     bundle = Bundle.open(bundle_path)
     examples = load_examples(data) if isinstance(data, (str, Path)) else list(data)
     chosen = [example for example in examples if split is None or example.split == split]
+    if not chosen and split == "validation":  # e.g. BANKING77: training held validation out of train
+        from distilintent.training.export import _read_sample
+
+        chosen = [Example(row["text"], row["label"], "validation") for row in _read_sample(bundle, "validation")]
     if not chosen:
-        raise DataError(f"no examples in split {split!r} to calibrate on")
+        raise DataError(f"no examples in split {split!r} to calibrate on (and the bundle stores no validation "
+                        "sample)")
     training = bundle.manifest.get("training") or {}
     oos_label = bundle.oos_label or training.get("oos_label")
     coverage = in_scope_coverage or training.get("in_scope_coverage", 0.97)
@@ -143,7 +149,8 @@ def recalibrate_bundle(
     calibration = calibrate(logits, truth, bundle.labels, oos_label, coverage)
     stats = bundle_ood_stats(bundle)
     new_stats = None
-    train_examples = [example for example in examples if example.split == "train"]
+    held_out = {example.text for example in chosen}
+    train_examples = [example for example in examples if example.split == "train" and example.text not in held_out]
     if stats is None and train_examples and embeddings is not None:  # a bundle trained before the distance scores
         stats = new_stats = _fit_statistics(bundle, train_examples, oos_label)
     ood = fit_ood_rule(logits, embeddings, truth, bundle.labels, temperature=calibration["temperature"],
