@@ -249,3 +249,28 @@ def test_calibrate_without_a_validation_split_uses_the_stored_sample(oos_bundle:
     result = recalibrate_bundle(path, [type(e)(e.text, e.label, "train") for e in train_only])
     assert result["ood"]["examples"] == len(stored)
     assert Bundle.open(path).manifest["ood"]["method"] == result["ood"]["method"]
+
+
+@pytest.mark.parametrize("method", ["msp", "energy", "mahalanobis", "cosine"])
+def test_every_stored_method_is_applied_by_the_sdk(oos_bundle: Path, tmp_path: Path, method: str) -> None:
+    """Whatever rule the manifest stores, the SDK computes that score and falls back above its threshold."""
+    from distilintent.core.bundle import update_bundle
+    from distilintent.sdk import IntentDetector
+
+    path = shutil.copytree(oos_bundle, tmp_path / "bundle")
+    with IntentDetector(path) as probe:
+        probe.ood_method = method
+        probe._ood_stats = probe._ood_stats or ClassStatistics.from_bytes(
+            Bundle.open(path).read_bytes(STATS_FILE), len(probe.labels))
+        score = float(probe._scores(*probe._outputs_of(["hello friend"], 1))[0])
+
+    def set_rule(root: Path, manifest: dict) -> dict:
+        manifest["ood"] = {**manifest["ood"], "method": method, "threshold": score - 1e-6, "stats": STATS_FILE}
+        return manifest
+
+    update_bundle(path, set_rule)
+    with IntentDetector(path) as detector:
+        assert detector.ood_method == method
+        result = detector.detect("hello friend")
+        assert result.ood_score == pytest.approx(score, rel=1e-5, abs=1e-6)
+        assert result.is_fallback  # just over the threshold

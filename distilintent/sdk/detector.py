@@ -191,11 +191,14 @@ class IntentDetector:
             if usable and method in EMBEDDING_METHODS:
                 stats_file = rule.get("stats")
                 try:
-                    self._ood_stats = ClassStatistics.from_bytes(bundle.read_bytes(stats_file), len(self.labels))
+                    dim = (bundle.manifest.get("architecture") or {}).get("dim")
+                    self._ood_stats = ClassStatistics.from_bytes(bundle.read_bytes(stats_file), len(self.labels), dim)
                 except ValueError as err:
                     raise BundleError(f"{bundle.path / str(stats_file)}: {err}") from err
             if usable:
                 self.ood_method, self.ood_threshold = method, float(rule["threshold"])
+                if method == "msp":
+                    self.fallback_threshold = 1.0 - self.ood_threshold
                 return
             warnings.warn(f"{bundle.path}: variant {self.variant.name} has no 'sentence_embedding' output for the "
                           f"{method} out-of-scope score (re-export the bundle); using the confidence threshold",
