@@ -102,14 +102,21 @@ def train(
 
 
 def _export_after_training(bundle_path: Path) -> None:
-    """FP32 and INT8 variants; if INT8 fails its agreement check, keep FP32 only (with a warning)."""
+    """FP32 and INT8 variants; an INT8 model that fails its agreement check is left out (with a warning),
+    the other runtime's INT8 model is still tried."""
     from distilintent.training.export import Int8AgreementError, export_bundle
 
     try:
         export_bundle(bundle_path, formats=("onnx", "openvino"), int8=True)
+        return
     except Int8AgreementError as err:
-        log.warning("INT8 export refused (%s); exporting FP32 only", err)
-        export_bundle(bundle_path, formats=("onnx", "openvino"), int8=False)
+        log.warning("INT8 export refused (%s); exporting FP32, then each INT8 model on its own", err)
+    export_bundle(bundle_path, formats=("onnx", "openvino"), int8=False)
+    for fmt in ("onnx", "openvino"):
+        try:
+            export_bundle(bundle_path, formats=(fmt,), int8=True)
+        except Int8AgreementError as err:
+            log.warning("INT8 export refused for %s (%s); serving FP32 there", fmt, err)
 
 
 def _init_distributed(config: TrainConfig) -> _Dist:
