@@ -1,7 +1,9 @@
 """PyTorch baselines of ``distilintent bench``: plain ``inference_mode`` and a ``transformers.pipeline``.
 
-Both run the bundle's fine-tuned weights (``model/model.safetensors``) in eager FP32; torch and
-transformers are imported here only, so the SDK rows of a benchmark never load them.
+Both run the bundle's fine-tuned weights (``model/model.safetensors``) in eager mode, FP32 or (with
+``precision="bf16"``) with the weights cast to bfloat16; torch and transformers are imported here only,
+so the SDK rows of a benchmark never load them. torch's thread count is process-wide, so each call
+sets it when a row asks for its own (the bench measures several thread counts in one process).
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ import numpy as np
 from distilintent.core.bundle import TOKENIZER_FILE, Bundle
 from distilintent.core.metrics import softmax
 
+TORCH_DTYPES = ("fp32", "bf16")
+
+
+def _torch_dtype(torch: Any, precision: str) -> Any:
+    if precision not in TORCH_DTYPES:
+        raise ValueError(f"precision must be one of {TORCH_DTYPES}, got {precision!r}")
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _use_threads(torch: Any, threads: int | None) -> None:
+    """Set torch's (process-wide) intra-op threads for this call; ``None`` leaves them as they are."""
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
 
 def _softmax_top(logits: np.ndarray, labels: Sequence[str]) -> list[tuple[str, float]]:
     probs = softmax(logits)
@@ -23,9 +39,9 @@ def _softmax_top(logits: np.ndarray, labels: Sequence[str]) -> list[tuple[str, f
 
 
 class TorchClassifier:
-    """Tokenize → ``IntentModel`` under ``torch.inference_mode`` (FP32) → softmax → top intent."""
+    """Tokenize → ``IntentModel`` under ``torch.inference_mode`` (FP32 or BF16) → softmax → top intent."""
 
-    def __init__(self, bundle_path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, bundle_path: str | Path, threads: int | None = None, precision: str = "fp32") -> None:
         import torch
 
         from distilintent.core.tokenization import TextEncoder
@@ -33,19 +49,19 @@ class TorchClassifier:
 
         self._torch = torch
         self.threads = threads
-        if threads:
-            torch.set_num_threads(threads)
+        _use_threads(torch, threads)
         bundle = Bundle.open(bundle_path)
         self.labels = bundle.labels
-        self.model = load_bundle_model(bundle).float().eval()
+        self.model = load_bundle_model(bundle).to(_torch_dtype(torch, precision)).eval()
         self.encoder = TextEncoder.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), bundle.max_length,
                                             (bundle.manifest.get("tokenizer") or {}).get("pad_token_id"))
 
     def _run(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         torch = self._torch
         input_ids, mask = self.encoder.encode(texts)
+        _use_threads(torch, self.threads)
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(input_ids), torch.from_numpy(mask)).numpy()
+            logits = self.model(torch.from_numpy(input_ids), torch.from_numpy(mask)).float().numpy()
         return _softmax_top(logits, self.labels)
 
     def detect(self, text: str) -> tuple[str, float]:
@@ -61,8 +77,8 @@ class TorchClassifier:
         pass
 
 
-def hf_pipeline(bundle_path: str | Path, threads: int | None = None) -> Any:
-    """A ``transformers.pipeline("text-classification")`` over the bundle's weights (eager FP32).
+def hf_pipeline(bundle_path: str | Path, threads: int | None = None, precision: str = "fp32") -> Any:
+    """A ``transformers.pipeline("text-classification")`` over the bundle's weights (eager FP32 or BF16).
 
     The bundle's head (mean pooling → dense → GELU → labels) is not DistilBERT's own, so the
     fine-tuned :class:`IntentModel` is wrapped in a small ``PreTrainedModel`` returning
@@ -76,8 +92,7 @@ def hf_pipeline(bundle_path: str | Path, threads: int | None = None) -> Any:
 
     from distilintent.training.model import load_bundle_model
 
-    if threads:
-        torch.set_num_threads(threads)
+    _use_threads(torch, threads)
     bundle = Bundle.open(bundle_path)
     intent_model = load_bundle_model(bundle).float().eval()
 
@@ -98,7 +113,7 @@ def hf_pipeline(bundle_path: str | Path, threads: int | None = None) -> Any:
     config = DistilBertConfig(**intent_model.encoder.config.to_dict())
     config.id2label = dict(enumerate(bundle.labels))
     config.label2id = {label: index for index, label in enumerate(bundle.labels)}
-    model = BundleForSequenceClassification(config, intent_model).eval()
+    model = BundleForSequenceClassification(config, intent_model).to(_torch_dtype(torch, precision)).eval()
     tokenizer_object = Tokenizer.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"))
     tokenizer_object.no_padding()
     tokenizer_object.no_truncation()
@@ -109,7 +124,8 @@ def hf_pipeline(bundle_path: str | Path, threads: int | None = None) -> Any:
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "model ... is not supported for text-classification": it is, via the adapter
+    # "The model ... is not supported for text-classification" (logged as an error): it is, via the adapter
+    hf_logging.set_verbosity(hf_logging.CRITICAL)
     try:
         return pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1, truncation=True)
     finally:
@@ -119,13 +135,19 @@ def hf_pipeline(bundle_path: str | Path, threads: int | None = None) -> Any:
 class PipelineClassifier:
     """``pipeline(text)`` at batch 1, ``pipeline(texts, batch_size=n)`` for batches."""
 
-    def __init__(self, bundle_path: str | Path, threads: int | None = None) -> None:
-        self.pipe = hf_pipeline(bundle_path, threads)
+    def __init__(self, bundle_path: str | Path, threads: int | None = None, precision: str = "fp32") -> None:
+        import torch
+
+        self._torch = torch
+        self.threads = threads
+        self.pipe = hf_pipeline(bundle_path, threads, precision)
 
     def detect(self, text: str) -> Any:
+        _use_threads(self._torch, self.threads)
         return self.pipe(text)
 
     def detect_batch(self, texts: Sequence[str], batch_size: int = 32) -> Any:
+        _use_threads(self._torch, self.threads)
         return self.pipe(list(texts), batch_size=batch_size)
 
     def close(self) -> None:

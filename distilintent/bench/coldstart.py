@@ -1,9 +1,10 @@
 """Cold start of one benchmark row in a fresh interpreter: import + load + first result, then peak RSS.
 
-    python -m distilintent.bench.coldstart KIND BUNDLE BACKEND PRECISION THREADS TEXT
+    python -m distilintent.bench.coldstart KIND BUNDLE BACKEND PRECISION THREADS SHAPES TEXT
 
-KIND is ``sdk``, ``torch`` or ``pipeline``; THREADS is ``0`` for the runtime's default. Prints one
-JSON line. Run by :func:`distilintent.bench.runner.cold_start`.
+KIND is ``sdk``, ``torch`` or ``pipeline``; THREADS is ``0`` for the runtime's default; SHAPES is
+``dynamic`` for an OpenVINO row without static buckets, else ``static`` or ``-``. Prints one JSON
+line. Run by :func:`distilintent.bench.runner.cold_start`.
 """
 
 import time
@@ -23,25 +24,12 @@ def _status_mb(field: str) -> float:
 
 
 def main(argv: list[str]) -> None:
-    kind, bundle, backend, precision, threads_arg, text = argv
+    kind, bundle, backend, precision, threads_arg, shapes, text = argv
     threads = int(threads_arg) or None
-    if kind == "sdk":
-        from distilintent.sdk import IntentDetector
+    from distilintent.bench.subjects import build_subject  # light: the heavy imports happen in build_subject
 
-        t1 = time.perf_counter()
-        subject = IntentDetector(bundle, backend=backend, precision=precision, threads=threads)
-    elif kind == "torch":
-        from distilintent.bench.baselines import TorchClassifier
-
-        t1 = time.perf_counter()
-        subject = TorchClassifier(bundle, threads)
-    elif kind == "pipeline":
-        from distilintent.bench.baselines import PipelineClassifier
-
-        t1 = time.perf_counter()
-        subject = PipelineClassifier(bundle, threads)
-    else:
-        raise SystemExit(f"unknown kind {kind!r}")
+    t1 = time.perf_counter()
+    subject = build_subject(kind, bundle, backend, precision, threads, None if shapes == "-" else shapes)
     t2 = time.perf_counter()
     subject.detect(text)
     t3 = time.perf_counter()

@@ -13,49 +13,95 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def _threads_text(threads: list[int | None]) -> str:
+    return ", ".join("runtime default" if value is None else str(value) for value in threads)
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     info = report["machine"]
     settings = report["settings"]
     libraries = info.get("libraries", {})
     sizes = [str(size) for size in settings["batch_sizes"]]
+    threads = settings["threads"] if isinstance(settings["threads"], list) else [settings["threads"]]
     lines = [
         f"# distilintent bench: {Path(report['bundle']).name}",
         "",
         f"{report['date']} · {info.get('cpu', '?')}, {info.get('cpus', '?')} logical CPUs, ISA: "
         f"{' '.join(info.get('isa', [])) or '?'} (AVX-512: {'yes' if info.get('has_avx512') else 'no'}, "
         f"VNNI: {'yes' if info.get('has_vnni') else 'no'}, AMX: {'yes' if info.get('has_amx') else 'no'}) · "
-        f"threads: {settings['threads'] or 'runtime default'} · load average before/after: "
+        f"threads: {_threads_text(threads)} · load average before/after: "
         f"{info.get('load_average_before')} / {info.get('load_average_after')}",
         "",
         "Libraries: " + ", ".join(f"{name} {version}" for name, version in libraries.items()) + ".",
         "",
+    ]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    lines += [
         f"Batch-1 latency over {settings['runs_batch1']} timed calls per row (after {settings['warmup']} warm-up "
         f"calls), interleaved in {settings['rounds']} rounds, on {report['n_texts']} real texts from "
         f"{report['texts']}; throughput over {settings['texts_per_batch_round']} texts per round and batch size. "
-        "Latency is one call: text in → intent out (tokenization included). Speed-up × is against the "
-        "`transformers.pipeline` baseline (same fine-tuned weights, PyTorch eager FP32).",
+        "Latency is one call: text in → intent out (tokenization included; for the `-http` rows one HTTP request "
+        "to a server on 127.0.0.1). Speed-up × is against the `transformers.pipeline` baseline of the same thread "
+        "count (same fine-tuned weights, PyTorch eager FP32). OpenVINO rows without a suffix pad batch-1 texts "
+        "to static-shape buckets (the SDK's default); `-dynamic` rows run the dynamic-shape model unpadded.",
         "",
         "| row | p50 ms | p90 ms | p99 ms | p50 × | p99 × | " + " | ".join(f"texts/s @{s}" for s in sizes)
         + f" | × @{sizes[-1]} | cold start s | peak RSS MB |",
-        "|---|" + "---:|" * (7 + len(sizes) + 2),
+        "|---|" + "---:|" * (8 + len(sizes)),
     ]
     for name, entry in report["rows"].items():
         latency = entry["latency_batch1"]
         speedup = entry.get("speedup_vs_pipeline") or {}
         cold = entry.get("cold_start") or {}
         throughput = entry["throughput_texts_per_s"]
+        label = f"{name} ({entry['served_variant']})" if entry.get("served_variant") else name
         lines.append(
-            f"| {name} | {latency['p50_ms']:.2f} | {latency['p90_ms']:.2f} | {latency['p99_ms']:.2f} | "
+            f"| {label} | {latency['p50_ms']:.2f} | {latency['p90_ms']:.2f} | {latency['p99_ms']:.2f} | "
             f"{_fmt(speedup.get('p50'), '.1f', '×')} | {_fmt(speedup.get('p99'), '.1f', '×')} | "
-            + " | ".join(f"{throughput[s]:,.0f}" for s in sizes)
+            + " | ".join(_fmt(throughput.get(s), ',.0f') for s in sizes)
             + f" | {_fmt((speedup.get('throughput') or {}).get(sizes[-1]), '.1f', '×')} | "
             f"{_fmt(cold.get('cold_start_s'), '.2f')} | {_fmt(cold.get('peak_rss_mb'), '.0f')} |"
         )
+    seq_lens = [str(length) for length in settings.get("seq_lens") or []]
+    if seq_lens:
+        lines += ["", f"## Batch-1 latency by sequence length ({settings['runs_per_seq_len']} timed calls per row "
+                      "and length)", "",
+                  "Texts of exactly N tokens ([CLS] and [SEP] included) cut from real queries (joined and repeated "
+                  "where short); p50 / p99 ms.", "",
+                  "| row | " + " | ".join(f"{length} tokens" for length in seq_lens) + " |",
+                  "|---|" + "---:|" * len(seq_lens)]
+        for name, entry in report["rows"].items():
+            by_length = entry.get("latency_by_seq_len") or {}
+            cells = [f"{by_length[length]['p50_ms']:.2f} / {by_length[length]['p99_ms']:.2f}"
+                     if length in by_length else "-" for length in seq_lens]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report.get("skipped"):
         lines += ["", "Not measured:", ""]
         lines += [f"- {name}: {reason}" for name, reason in report["skipped"].items()]
-    lines += ["", "Cold start: fresh Python process, imports + model load + first result (best of the "
-              "repeats); peak RSS (VmHWM) after 50 more calls and one batch of 32."]
+    lines += ["", "Notes:", "",
+              "- Cold start: fresh Python process, imports + model load + first result (best of the repeats); peak "
+              "RSS (VmHWM) after 50 more calls and one batch of 32. For the `-http` rows: server process spawn → "
+              "first `/model/parse` answer (one start), RSS summed over the server's processes, peak after the "
+              "whole run."]
+    if settings.get("gc_freeze"):
+        lines.append("- The bench process holds every runtime at once; its heap is frozen after loading "
+                     "(`gc.freeze()`), so a full garbage collection in a timed call scans only objects made since.")
+    collected = {name: entry["gc_full_collections_in_timed_calls"] for name, entry in report["rows"].items()
+                 if (entry.get("gc_full_collections_in_timed_calls") or {}).get("count")}
+    if collected:
+        lines.append("- Full GC collections that landed in timed batch-1 calls: " + "; ".join(
+            f"{name}: {value['count']} ({value['total_ms']:.0f} ms)" for name, value in collected.items()) + ".")
+    for name, entry in report["rows"].items():
+        training = entry.get("rasa_training")
+        if training:
+            model = Path(entry["rasa_model"]).name
+            lines.append(f"- {name}: Rasa {training.get('rasa_version', '3.6')} model `{model}`, pipeline "
+                         f"{training.get('pipeline_summary', '?')}, DIETClassifier "
+                         f"{training.get('epochs')} epochs on {training.get('train_examples')} training texts "
+                         f"({training.get('data')}); trained in {training.get('train_wall_s', 0) / 60:.1f} min. "
+                         "Measured for latency, cold start and memory only: DIET's accuracy at this epoch count is "
+                         "not claimed. Rasa has no batch endpoint: throughput at batch 1 only.")
     return "\n".join(lines) + "\n"
 
 
@@ -69,14 +115,14 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     rows = report["rows"]
     names = list(rows)
     paths = []
-    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(names) + 2), 4.5))
+    figure, axes = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.8))
     width = 0.27
     x = np.arange(len(names))
     for offset, key in zip((-width, 0, width), ("p50_ms", "p90_ms", "p99_ms"), strict=True):
         values = [rows[name]["latency_batch1"][key] for name in names]
         bars = axes.bar(x + offset, values, width, label=key.replace("_ms", ""))
-        axes.bar_label(bars, fmt="%.1f", fontsize=7)
-    axes.set_xticks(x, names, rotation=20, ha="right")
+        axes.bar_label(bars, fmt="%.1f", fontsize=6)
+    axes.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("ms per text (batch 1)")
     axes.set_yscale("log")
     axes.set_title(f"Latency percentiles, batch 1 — {Path(report['bundle']).name} on {report['machine'].get('cpu')}")
@@ -86,10 +132,13 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     figure.savefig(paths[-1], dpi=120)
     plt.close(figure)
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
     sizes = report["settings"]["batch_sizes"]
     for name in names:
-        axes.plot(sizes, [rows[name]["throughput_texts_per_s"][str(size)] for size in sizes], marker="o", label=name)
+        points = [(size, rows[name]["throughput_texts_per_s"].get(str(size))) for size in sizes]
+        points = [(size, value) for size, value in points if value]
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="o", label=name)
     axes.set_xscale("log", base=2)
     axes.set_xticks(sizes, [str(size) for size in sizes])
     axes.set_yscale("log")
@@ -97,11 +146,32 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     axes.set_ylabel("texts / s")
     axes.set_title("Throughput vs batch size")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     paths.append(out / "throughput.png")
     figure.savefig(paths[-1], dpi=120)
     plt.close(figure)
+
+    lengths = report["settings"].get("seq_lens") or []
+    if lengths:
+        figure, axes = plt.subplots(figsize=(7.5, 4.8))
+        for name in names:
+            by_length = rows[name].get("latency_by_seq_len") or {}
+            points = [(length, by_length[str(length)]["p50_ms"]) for length in lengths if str(length) in by_length]
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o", label=name)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(lengths, [str(length) for length in lengths])
+        axes.set_yscale("log")
+        axes.set_xlabel("tokens per text ([CLS] and [SEP] included)")
+        axes.set_ylabel("p50 ms (batch 1)")
+        axes.set_title("Batch-1 latency vs sequence length")
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        paths.append(out / "seq_len.png")
+        figure.savefig(paths[-1], dpi=120)
+        plt.close(figure)
     return paths
 
 

@@ -1,12 +1,14 @@
-"""``distilintent bench``: latency/throughput/cold start/RSS of a bundle's variants vs the PyTorch baselines."""
+"""``distilintent bench``: latency/throughput/cold start/RSS of a bundle's variants vs the PyTorch baselines,
+``distilintent serve`` and Rasa's own DIET server."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
-HELP = "benchmark a bundle's variants against transformers.pipeline and plain PyTorch"
+HELP = "benchmark a bundle's variants against transformers.pipeline, plain PyTorch and Rasa DIET"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -16,29 +18,47 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
     if not values or any(value < 1 for value in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"repeated values in {text!r}")
     return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="BUNDLE", help="bundle directory")
     parser.add_argument("--backends", default=None, metavar="LIST",
-                        help="comma-separated rows: pipeline, torch, onnxruntime, openvino and/or variant names "
-                             "such as onnx-int8 (default: all)")
+                        help="comma-separated rows: pipeline, torch, onnxruntime, openvino, serve, rasa and/or row "
+                             "names such as onnx-int8 or openvino-int8-dynamic (default: all that can run here)")
     parser.add_argument("--batch-sizes", type=_int_list, default=(1, 8, 32), metavar="LIST",
                         help="throughput batch sizes (default: 1,8,32)")
-    parser.add_argument("--threads", type=int, default=None, help="inference threads for every row (default: "
-                        "each runtime's own)")
+    parser.add_argument("--threads", type=_int_list, default=None, metavar="LIST",
+                        help="inference threads, e.g. 1 or 1,2: every row is measured at each count, interleaved "
+                             "(default: each runtime's own)")
+    parser.add_argument("--seq-lens", type=_int_list, default=(), metavar="LIST",
+                        help="also measure batch-1 latency on texts of exactly these token lengths, e.g. 8,16,32,64 "
+                             "([CLS]/[SEP] included; cut from real queries)")
+    parser.add_argument("--seq-len-runs", type=int, default=100,
+                        help="timed batch-1 calls per row and sequence length (default: 100)")
     parser.add_argument("--runs", type=int, default=500, help="timed batch-1 calls per row (default: 500)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds (default: 10)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed warm-up calls per row (default: 20)")
     parser.add_argument("--batch-texts", type=int, default=128,
                         help="texts per round and batch size in the throughput runs (default: 128)")
+    parser.add_argument("--bf16", choices=("auto", "force", "off"), default="auto",
+                        help="pipeline/torch bf16 rows: auto = where the CPU has AMX-BF16/AVX512-BF16 (else "
+                             "skipped, with the reason in results.json); force = always (default: auto)")
+    parser.add_argument("--rasa-model", type=Path, default=None, metavar="MODEL.tar.gz",
+                        help="a Rasa 3.6 model (benchmarks/train_rasa_diet.py): adds the rasa-diet-http row, "
+                             "`rasa run --enable-api` measured over HTTP")
+    parser.add_argument("--rasa-venv", type=Path, default=None,
+                        help="the Python 3.10 Rasa venv (default: $DISTILINTENT_RASA_VENV or .venv-rasa)")
     parser.add_argument("--data", type=Path, default=None,
                         help="texts to use: JSONL/CSV with a text field, or one text per line "
                              "(default: the bundle's samples/validation.jsonl)")
     parser.add_argument("--split", default=None, help="only rows of this split of --data")
     parser.add_argument("--cold-start-repeats", type=int, default=1,
                         help="fresh processes per row for cold start/RSS; best one kept (default: 1; 0 skips)")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="do not gc.freeze() the bench process's heap after loading the rows")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
@@ -49,16 +69,20 @@ def run(args: argparse.Namespace) -> int:
     from distilintent.bench.report import to_markdown, write_outputs
     from distilintent.bench.runner import Settings, run_bench
 
-    if args.runs < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_texts < 1 or args.cold_start_repeats < 0:
-        raise ValueError("--runs, --rounds and --batch-texts must be positive; --warmup, --cold-start-repeats >= 0")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError("--threads must be positive")
+    if (args.runs < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_texts < 1 or args.cold_start_repeats < 0
+            or args.seq_len_runs < 1):
+        raise ValueError("--runs, --rounds, --batch-texts and --seq-len-runs must be positive; --warmup, "
+                         "--cold-start-repeats >= 0")
     settings = Settings(runs=args.runs, rounds=args.rounds, warmup=args.warmup, batch_sizes=args.batch_sizes,
-                        batch_texts=args.batch_texts, threads=args.threads,
-                        cold_start=args.cold_start_repeats > 0, cold_start_repeats=max(args.cold_start_repeats, 1))
+                        batch_texts=args.batch_texts, threads=args.threads or (None,), seq_lens=args.seq_lens,
+                        seq_len_runs=args.seq_len_runs, cold_start=args.cold_start_repeats > 0,
+                        cold_start_repeats=max(args.cold_start_repeats, 1), bf16=args.bf16,
+                        rasa_model=args.rasa_model, rasa_venv=args.rasa_venv, gc_freeze=not args.no_gc_freeze)
     backends = [part.strip() for part in args.backends.split(",") if part.strip()] if args.backends else None
     report = run_bench(args.model, settings, backends=backends, data=args.data, split=args.split,
                        progress=not args.no_progress)
+    if sys.argv[1:2] == ["bench"]:  # the command line that reproduces the run (not when called in-process)
+        report["command"] = "distilintent " + shlex.join(sys.argv[1:])
     written = write_outputs(report, args.out, plots=not args.no_plots)
     print(to_markdown(report))
     print("wrote " + ", ".join(str(path) for path in written), file=sys.stderr)
