@@ -181,6 +181,12 @@ def to_markdown(report: dict[str, Any]) -> str:
                 f"{pct(row.get('fallback_oos_recall'))} | {pct(row.get('fallback_oos_precision'))} | "
                 f"{pct(row.get('fallback_in_scope_accuracy'))} | {train_text} | {row['size_mb']:.1f} |"
             )
+        for ref in REFERENCES.get(dataset, []):
+            accuracy = ref.get("in_scope_accuracy") or ref.get("accuracy")
+            lines.append(f"| {ref['system']} (published) | {accuracy} | - | {ref.get('oos_recall', '-')} "
+                         "| - | - | - | - | - | - |")
+        lines += ["", "Published figures: " + "; ".join(f"{ref['system']}: {ref['source']}"
+                                                      for ref in REFERENCES.get(dataset, [])).rstrip(".") + ".", ""]
         ood_rows = [row for row in entry["rows"] if row.get("ood_scores") or row.get("ece") is not None]
         if ood_rows:
             lines += ["", "Out-of-scope scores (AUROC / FPR at 95 % TPR on the test split; the fallback rule uses "
@@ -196,12 +202,6 @@ def to_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {row['system']} | {row.get('fallback_method') or '-'} | {' | '.join(cells)} "
                              f"| {ece} | {ece_in} |")
             lines.append("")
-        for ref in REFERENCES.get(dataset, []):
-            accuracy = ref.get("in_scope_accuracy") or ref.get("accuracy")
-            lines.append(f"| {ref['system']} (published) | {accuracy} | - | {ref.get('oos_recall', '-')} "
-                         "| - | - | - | - | - | - |")
-        lines += ["", "Published figures: " + "; ".join(f"{ref['system']}: {ref['source']}"
-                                                      for ref in REFERENCES.get(dataset, [])).rstrip(".") + ".", ""]
         if entry.get("note"):
             lines += [entry["note"], ""]
     return "\n".join(lines)
