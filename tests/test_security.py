@@ -245,3 +245,24 @@ def test_requests_cannot_make_the_server_load_another_bundle(served: tuple[str, 
     assert status["labels"] == list(TINY_LABELS)
     after = httpx.post(f"{url}/model/parse", json={"text": "hello", "token": TOKEN}).json()
     assert {item["name"] for item in after["intent_ranking"]} == set(TINY_LABELS)
+
+
+def test_the_audit_summary_never_calls_a_skipped_audit_clean() -> None:
+    """scripts/audit.py: 0 clean, 1 vulnerabilities, 2 not (fully) audited — pip-audit alone says "no known
+    vulnerabilities" even when it could look up no package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("audit", REPO / "scripts" / "audit.py")
+    audit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(audit)
+    clean = {"dependencies": [{"name": "numpy", "version": "2.4.6", "vulns": []}]}
+    vulnerable = {"dependencies": [{"name": "jinja2", "version": "2.4.1", "vulns": [
+        {"id": "PYSEC-2019-217", "aliases": ["CVE-2019-10906"], "fix_versions": ["2.10.1"]}]}]}
+    unreachable = {"dependencies": [{"name": "numpy", "skip_reason": "Dependency not found on PyPI and could not "
+                                                                    "be audited: numpy (2.4.6)"}]}
+    assert audit.summarise(clean, "pip-audit 2", "pypi", "")[1] == 0
+    text, code = audit.summarise(vulnerable, "pip-audit 2", "pypi", "")
+    assert code == 1 and "CVE-2019-10906" in text and "2.10.1" in text
+    text, code = audit.summarise(unreachable, "pip-audit 2", "pypi", "")
+    assert code == 2 and "none audited" in text and "not a clean result" in text
+    assert audit.summarise(None, "", "pypi", "no network")[1] == 2
