@@ -274,3 +274,16 @@ def test_every_stored_method_is_applied_by_the_sdk(oos_bundle: Path, tmp_path: P
         result = detector.detect("hello friend")
         assert result.ood_score == pytest.approx(score, rel=1e-5, abs=1e-6)
         assert result.is_fallback  # just over the threshold
+
+
+def test_evaluate_command_prints_the_fallback_rule_and_aurocs(oos_bundle: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from distilintent import cli
+
+    data = tmp_path / "data.jsonl"
+    rows = [{"text": e.text, "intent": e.label} for e in toy_examples({**TOY_TEMPLATES, **OOS_TEMPLATES}, repeat=1)]
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    assert cli.main(["evaluate", "--model", str(oos_bundle), "--data", str(data), "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "with fallback: method " in out and "threshold" in out
+    assert out.count("AUROC") == 4

@@ -35,17 +35,21 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     print(f"{report['model']} ({report['variant']}) on {report['n']} examples of split {report['split']}")
-    for key in ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall", "oos_precision", "ece"):
-        if key in report:
+    for key in ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall", "oos_precision", "ece", "ece_in_scope"):
+        if report.get(key) is not None:
             print(f"  {key:<18} {report[key]:.4f}")
     fallback = report.get("with_fallback")
     if fallback:
-        parts = ", ".join(f"{key} {value:.4f}" for key, value in fallback.items())
+        parts = ", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                          for key, value in fallback.items())
         print(f"  with fallback: {parts}")
+    for method, scores in (report.get("ood_scores") or {}).items():
+        print(f"  out-of-scope score {method:<12} AUROC {scores['auroc']:.4f}, FPR at 95% TPR "
+              f"{scores['fpr_at_95_tpr']:.4f}")
     if report["confused_pairs"]:
         print("  most confused (true → predicted):")
         for pair in report["confused_pairs"][:5]:
             print(f"    {pair['true']} → {pair['predicted']}: {pair['count']}")
     if args.out:
-        print(f"  wrote {args.out}/report.json and confusion_matrix.png")
+        print(f"  wrote {args.out}/report.json, confusion_matrix.png and reliability.png")
     return 0
