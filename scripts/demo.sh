@@ -9,4 +9,4 @@ export HF_HUB_OFFLINE=1
 .venv/bin/distilintent evaluate --model models/demo --data demo-test
 .venv/bin/distilintent detect --model models/demo \
   "hey there" "will it snow in Oslo tomorrow?" "get me a table for four at 8" "wake me up at 6:30" \
-  "are you a real person?" "what is the meaning of life"
+  "are you a real person?" "what is the meaning of life" "what's the capital of peru"
