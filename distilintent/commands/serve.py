@@ -1,4 +1,8 @@
-"""``distilintent serve``: the Rasa-compatible NLU server (see :mod:`distilintent.plugin.server`)."""
+"""``distilintent serve``: the Rasa-compatible NLU server (see :mod:`distilintent.plugin.server`).
+
+``kill -HUP <pid>`` reloads the bundle from ``--model`` without dropping a request (``POST /model/reload``
+does the same for one worker); with ``--workers N`` uvicorn then replaces the workers one by one.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     parser.add_argument("--token", default=os.environ.get("DISTILINTENT_TOKEN"),
                         help="require this token (Rasa's endpoints.yml nlu: token); default: $DISTILINTENT_TOKEN")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (default 1); SIGHUP to the server process reloads the bundle in all")
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024,
                         help="larger request bodies get 413 (default 65536)")
     parser.add_argument("--max-batch", type=int, default=256, help="most texts per /model/parse/batch request")
