@@ -96,8 +96,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         training = entry.get("rasa_training")
         if training:
             model = Path(entry["rasa_model"]).name
-            lines.append(f"- {name}: Rasa {training.get('rasa_version', '3.6')} model `{model}`, pipeline "
-                         f"{training.get('pipeline_summary', '?')}, DIETClassifier "
+            lines.append(f"- {name}: Rasa {training.get('rasa_version', '3.6')} model `{model}` ("
+                         f"{training.get('pipeline_summary', '?')}), DIET trained for "
                          f"{training.get('epochs')} epochs on {training.get('train_examples')} training texts "
                          f"({training.get('data')}); trained in {training.get('train_wall_s', 0) / 60:.1f} min. "
                          "Measured for latency, cold start and memory only: DIET's accuracy at this epoch count is "
