@@ -219,6 +219,7 @@ def test_status_and_health(open_url: str, detector: IntentDetector) -> None:
     assert status["num_labels"] == len(TINY_LABELS)
     assert status["variant"] == detector.variant.name
     assert status["model"]["max_length"] == detector.max_length
+    assert (status["ood_method"], status["ood_threshold"]) == (detector.ood_method, detector.ood_threshold)
     requests = status["requests"]
     assert requests["total"] >= before["requests"]["total"] + 3
     assert requests["by_path"]["/model/parse"] >= before["requests"]["by_path"].get("/model/parse", 0) + 2

@@ -358,6 +358,8 @@ class _Service:
             "variant": getattr(getattr(detector, "variant", None), "name", None),
             "fallback_threshold": getattr(detector, "fallback_threshold", None),
             "fallback_intent": getattr(detector, "fallback_intent", None),
+            "ood_method": getattr(detector, "ood_method", None),
+            "ood_threshold": getattr(detector, "ood_threshold", None),
             "model": model,
             "requests": self.stats.snapshot(),
             "pid": os.getpid(),
