@@ -92,9 +92,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     if collected:
         lines.append("- Full GC collections that landed in timed batch-1 calls: " + "; ".join(
             f"{name}: {value['count']} ({value['total_ms']:.0f} ms)" for name, value in collected.items()) + ".")
+    elif report["rows"]:
+        lines.append("- No full GC collection landed in a timed batch-1 call of any row.")
+    described: set[str] = set()
     for name, entry in report["rows"].items():
         training = entry.get("rasa_training")
-        if training:
+        if training and entry["rasa_model"] not in described:
+            described.add(entry["rasa_model"])
+            name = name.split("@")[0]
             model = Path(entry["rasa_model"]).name
             lines.append(f"- {name}: Rasa {training.get('rasa_version', '3.6')} model `{model}` ("
                          f"{training.get('pipeline_summary', '?')}), DIET trained for "
@@ -103,6 +108,16 @@ def to_markdown(report: dict[str, Any]) -> str:
                          "Measured for latency, cold start and memory only: DIET's accuracy at this epoch count is "
                          "not claimed. Rasa has no batch endpoint: throughput at batch 1 only.")
     return "\n".join(lines) + "\n"
+
+
+def _line_styles(names: list[str], plt: Any) -> dict[str, dict[str, Any]]:
+    """One colour per row and one line style per thread count (the ``@Nt`` suffix)."""
+    bases = list(dict.fromkeys(name.split("@")[0] for name in names))
+    suffixes = list(dict.fromkeys(name.partition("@")[2] for name in names))
+    colours = plt.get_cmap("tab20" if len(bases) > 10 else "tab10").colors
+    dashes = ("-", "--", ":", "-.")
+    return {name: {"color": colours[bases.index(name.split("@")[0]) % len(colours)],
+                   "linestyle": dashes[suffixes.index(name.partition("@")[2]) % len(dashes)]} for name in names}
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
@@ -114,6 +129,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
 
     rows = report["rows"]
     names = list(rows)
+    styles = _line_styles(names, plt)
     paths = []
     figure, axes = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.8))
     width = 0.27
@@ -132,13 +148,13 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     figure.savefig(paths[-1], dpi=120)
     plt.close(figure)
 
-    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    figure, axes = plt.subplots(figsize=(9, 5.5))
     sizes = report["settings"]["batch_sizes"]
     for name in names:
         points = [(size, rows[name]["throughput_texts_per_s"].get(str(size))) for size in sizes]
         points = [(size, value) for size, value in points if value]
         if points:
-            axes.plot(*zip(*points, strict=True), marker="o", label=name)
+            axes.plot(*zip(*points, strict=True), marker="o", label=name, **styles[name])
     axes.set_xscale("log", base=2)
     axes.set_xticks(sizes, [str(size) for size in sizes])
     axes.set_yscale("log")
@@ -146,7 +162,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     axes.set_ylabel("texts / s")
     axes.set_title("Throughput vs batch size")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, ncol=2)
+    axes.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     paths.append(out / "throughput.png")
     figure.savefig(paths[-1], dpi=120)
@@ -154,12 +170,12 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
 
     lengths = report["settings"].get("seq_lens") or []
     if lengths:
-        figure, axes = plt.subplots(figsize=(7.5, 4.8))
+        figure, axes = plt.subplots(figsize=(9, 5.5))
         for name in names:
             by_length = rows[name].get("latency_by_seq_len") or {}
             points = [(length, by_length[str(length)]["p50_ms"]) for length in lengths if str(length) in by_length]
             if points:
-                axes.plot(*zip(*points, strict=True), marker="o", label=name)
+                axes.plot(*zip(*points, strict=True), marker="o", label=name, **styles[name])
         axes.set_xscale("log", base=2)
         axes.set_xticks(lengths, [str(length) for length in lengths])
         axes.set_yscale("log")
@@ -167,7 +183,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
         axes.set_ylabel("p50 ms (batch 1)")
         axes.set_title("Batch-1 latency vs sequence length")
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=7, ncol=2)
+        axes.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
         figure.tight_layout()
         paths.append(out / "seq_len.png")
         figure.savefig(paths[-1], dpi=120)
