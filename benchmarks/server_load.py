@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "server_load", "date": started, "bundle": str(args.bundle),
         "variant": status.get("variant"), "bundle_created_at": (status.get("model") or {}).get("created_at"),
+        "bundle_fingerprint": (status.get("model") or {}).get("fingerprint"),  # sha256 of the manifest
         "serve_args": serve_args, "text_source": source, "texts": len(texts), "startup_s": round(startup_s, 2),
         "warmup_requests": args.warmup, "load": loaded, **result, "rss": rss,
         "cpu": {"server_s": round(server_cpu, 2), "client_s": round(client_cpu, 2),
@@ -392,7 +393,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"({info.get('cpus_usable', '?')} usable), ISA: {', '.join(info.get('isa', []))} · "
         f"load average after: {report['load_average_after']}. Client and server share these CPUs.",
         f"`{report['command']}` (serve options: {' '.join(report['serve_args']) or 'defaults'}; "
-        f"bundle created {report['bundle_created_at']})",
+        f"bundle created {report['bundle_created_at']}, manifest sha256 {str(report['bundle_fingerprint'])[:12]})",
         "",
         "| measure | result |",
         "|---|---|",
