@@ -7,7 +7,8 @@ deleted after loading) and turns token-id lists into float32 logits. Each pads a
 - OpenVINO pads a single text to the next *bucket* (8, 16, 32, … up to ``max_length``) and runs a
   model compiled for that static shape ``[1, bucket]``: dynamic shapes cost OpenVINO about 1.5 ms per
   call. Buckets are compiled lazily from the ``ov.Model`` kept in memory, with preallocated input
-  buffers per infer request. Batches run the dynamic-shape model (its overhead is shared by the batch).
+  buffers per infer request. Batches run the dynamic-shape model padded to their longest text (its
+  overhead is shared by the batch).
 
 Both are thread-safe: ``InferenceSession.run`` is; OpenVINO infer requests are not, so each thread
 takes a request from a pool (a new one is created when the pool is empty).
@@ -256,10 +257,10 @@ class OpenVINOModel:
         return self.run_outputs(ids)[0]
 
     def run_outputs(self, ids: Sequence[Sequence[int]]) -> Outputs:
-        width = self.bucket(max(len(tokens) for tokens in ids))
+        longest = max(len(tokens) for tokens in ids)
         if len(ids) == 1 and self.buckets:
-            return self._static_model(1, width).run(ids, self.pad_id, self._output_count)
-        return self._run_dynamic(ids, width)
+            return self._static_model(1, self.bucket(longest)).run(ids, self.pad_id, self._output_count)
+        return self._run_dynamic(ids, longest)  # dynamic shapes: no padding beyond the longest text
 
     def _static_model(self, batch: int, width: int) -> _StaticModel:
         model = self._static.get((batch, width))
