@@ -160,7 +160,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "BANKING77's); macro-F1 over all labels (CLINC150's `oos` included); OOS = out-of-scope recall/precision "
         "of the raw argmax, then after the bundle's out-of-scope rule (its score over the calibrated threshold, or "
         "the `oos` class predicted → out of scope). Training wall time on this machine's CPU; size = the evaluated "
-        "model file(s) on disk.",
+        "model file(s) on disk (TF-IDF row: its float64 coefficients in memory, vocabulary excluded).",
         "",
     ]
     for dataset, entry in report["datasets"].items():
