@@ -162,9 +162,24 @@ def test_graph_with_another_number_of_labels_fails_at_load(five_label_manifest: 
 
 
 def test_torch_weights_with_another_number_of_labels_fail_at_load(five_label_manifest: Path) -> None:
-    with pytest.raises(DistilIntentError, match="weights have 4 outputs for 5 labels") as caught:
+    with pytest.raises(DistilIntentError, match="model has 4 outputs for the manifest's 5 labels") as caught:
         load_torch(five_label_manifest)
     assert str(five_label_manifest) in str(caught.value)
+
+
+def test_torch_config_edited_to_another_label_count_fails_naming_the_files(tiny_bundle: Path, tmp_path: Path) -> None:
+    """config.json and manifest agree on 5 labels (re-hashed), the weights have 4: a clear error, not torch's."""
+    path = copy(tiny_bundle, tmp_path / "bundle")
+
+    def five_labels(root: Path, manifest: dict) -> dict:
+        config = json.loads((root / "model/config.json").read_text())
+        rewrite(root / "model/config.json", json.dumps({**config, "num_labels": 5}).encode())
+        manifest["labels"] = [*manifest["labels"], "extra"]
+        return manifest
+
+    update_bundle(path, five_labels)
+    with pytest.raises(DistilIntentError, match=r"model\.safetensors does not fit .*config\.json"):
+        load_torch(path)
 
 
 def test_graph_of_another_bundle_fails_at_load(exported_bundle: Path, other_bundle: Path, tmp_path: Path) -> None:

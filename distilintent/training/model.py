@@ -221,12 +221,15 @@ def load_bundle_model(bundle: Bundle) -> IntentModel:
 
     config = json.loads(bundle.read_bytes(MODEL_CONFIG_FILE))
     head = {key: value for key, value in config.items() if key != "encoder"}
-    encoder = DistilBertModel(DistilBertConfig(**config["encoder"]))
-    model = IntentModel(encoder, **head)
-    model.load_state_dict(load_safetensors(bundle.read_bytes(WEIGHTS_FILE)), strict=True)
-    if head["num_labels"] != len(bundle.labels):
-        raise DistilIntentError(f"{bundle.path}: weights have {head['num_labels']} outputs for "
-                                f"{len(bundle.labels)} labels")
+    if head.get("num_labels") != len(bundle.labels):
+        raise DistilIntentError(f"{bundle.path / MODEL_CONFIG_FILE}: the model has {head.get('num_labels')} outputs "
+                                f"for the manifest's {len(bundle.labels)} labels")
+    try:
+        model = IntentModel(DistilBertModel(DistilBertConfig(**config["encoder"])), **head)
+        model.load_state_dict(load_safetensors(bundle.read_bytes(WEIGHTS_FILE)), strict=True)
+    except (RuntimeError, TypeError, KeyError, ValueError) as err:
+        raise DistilIntentError(f"{bundle.path / WEIGHTS_FILE} does not fit {bundle.path / MODEL_CONFIG_FILE}: "
+                                f"{str(err).splitlines()[0]}") from err
     return model.eval()
 
 
