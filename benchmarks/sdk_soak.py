@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import threading
@@ -28,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from distilintent.bench import runner  # noqa: E402
 from distilintent.bench.runner import load_average, machine, percentiles, read_texts  # noqa: E402
 from distilintent.core.bundle import Bundle  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
@@ -148,22 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": threaded, "soak": soaked, "machine": machine(), "load_average_after": load_average(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (args.out / f"{args.name}.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    runner.write_report(report, to_markdown(report), args.out, args.name)
     return 0 if ok else 1
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    info, threaded, soaked = report["machine"], report["concurrency"], report["soak"]
+    threaded, soaked = report["concurrency"], report["soak"]
     latency = soaked["latency"]
     return "\n".join([
         f"# SDK soak: {Path(report['bundle']).name} ({report['variant']})",
         "",
-        f"{report['date']} · {info.get('cpu', '?')}, {info.get('cpus', '?')} logical CPUs "
-        f"({info.get('cpus_usable', '?')} usable), ISA: {', '.join(info.get('isa', []))} · "
-        f"load average after: {report['load_average_after']}",
+        runner.machine_summary(report),
         f"`{report['command']}`",
         "",
         "| check | result |",

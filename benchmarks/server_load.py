@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,31 +43,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from distilintent.bench import runner  # noqa: E402
 from distilintent.bench.runner import load_average, machine, percentiles, read_texts  # noqa: E402
+from distilintent.bench.servers import free_port, process_tree  # noqa: E402
 from distilintent.core.bundle import Bundle  # noqa: E402
 
 FALLBACK = "nlu_fallback"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and all its descendants (uvicorn workers), from /proc (Linux)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    todo.extend(int(child) for child in handle.read().split())
-        except OSError:
-            continue
-    return found
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -371,15 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         and rss["growth_pct"] < args.max_rss_growth_pct and not report["server_log_errors"]
     )
     report["max_rss_growth_pct"] = args.max_rss_growth_pct
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (args.out / f"{args.name}.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    runner.write_report(report, to_markdown(report), args.out, args.name)
     return 0 if report["passed"] else 1
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    info, loaded, health, rss = report["machine"], report["load"], report["health"], report["rss"]
+    loaded, health, rss = report["load"], report["health"], report["rss"]
     latency, health_latency = loaded["latency"] or {}, health["latency"] or {}
     cut = report["disconnects"]
 
@@ -389,9 +366,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         f"# Server load: {Path(report['bundle']).name} ({report['variant']})",
         "",
-        f"{report['date']} · {info.get('cpu', '?')}, {info.get('cpus', '?')} logical CPUs "
-        f"({info.get('cpus_usable', '?')} usable), ISA: {', '.join(info.get('isa', []))} · "
-        f"load average after: {report['load_average_after']}. Client and server share these CPUs.",
+        f"{runner.machine_summary(report)}. Client and server share these CPUs.",
         f"`{report['command']}` (serve options: {' '.join(report['serve_args']) or 'defaults'}; "
         f"bundle created {report['bundle_created_at']}, manifest sha256 {str(report['bundle_fingerprint'])[:12]})",
         "",

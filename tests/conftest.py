@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from distilintent.sdk import IntentDetector
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,6 +39,31 @@ def make_tiny_bundle(path: Path, labels=TINY_LABELS, max_length: int = 16, seed:
     samples = [Example(text, labels[i % len(labels)]) for i, text in enumerate(texts)]
     return write_model_bundle(path, model, encoder, list(labels), base_model={"name": "tiny-random"},
                               training={"seed": seed}, samples={"validation": samples, "calibration": samples})
+
+
+def make_onnx_bundle(path: Path, **options) -> Path:
+    """``make_tiny_bundle(path, **options)`` exported to ONNX only."""
+    from distilintent.training.export import export_bundle
+
+    path = make_tiny_bundle(path, **options)
+    export_bundle(path, formats=("onnx",))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ONNX bundle of its own for each test module that uses it (``test_x.py``: in ``x*/tiny``)."""
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    return make_onnx_bundle(tmp_path_factory.mktemp(name) / "tiny")
+
+
+@pytest.fixture(scope="module")
+def detector(bundle: Path) -> Iterator[IntentDetector]:
+    """An ``IntentDetector`` on the module's ``bundle``, closed after the module."""
+    from distilintent.sdk import IntentDetector
+
+    with IntentDetector(bundle) as det:
+        yield det
 
 
 @pytest.fixture(scope="session")

@@ -26,11 +26,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
+def running(app: Any, log_level: str = "warning") -> Iterator[str]:
     """Serve the ASGI ``app`` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical", access_log=False,
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level=log_level, access_log=False,
                             lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -71,13 +71,18 @@ def serve_process(bundle: Path, *args: str, log: Path) -> Iterator[tuple[str, su
                 time.sleep(0.2)
         yield url, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGINT, then SIGKILL if the process has not exited within 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def listening_addresses(port: int) -> set[str]:

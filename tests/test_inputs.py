@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import make_tiny_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import REPO, running
@@ -59,21 +58,6 @@ json_values = st.recursive(
     max_leaves=8,
 )
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from distilintent.training.export import export_bundle
-
-    path = make_tiny_bundle(tmp_path_factory.mktemp("inputs") / "tiny")
-    export_bundle(path, formats=("onnx",))
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(bundle: Path) -> Iterator[IntentDetector]:
-    with IntentDetector(bundle) as det:
-        yield det
 
 
 def check_probability(value: Any) -> None:
@@ -262,14 +246,15 @@ def test_detect_command_bad_options_are_one_line_errors(bundle: Path, options: l
 def big_server(detector: IntentDetector) -> Iterator[httpx.Client]:
     """No shortcuts, 2 MiB bodies, 10,000 texts per batch."""
     app = create_app(detector, max_body_bytes=2 * 1024 * 1024, max_batch=10_000, intent_shortcuts=False)
-    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with running(app, log_level="critical") as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def default_server(detector: IntentDetector) -> Iterator[httpx.Client]:
     """The defaults of ``distilintent serve``: 64 KiB bodies, 256 texts per batch, Rasa intent shortcuts."""
-    with running(create_app(detector)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    app = create_app(detector)
+    with running(app, log_level="critical") as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
 

@@ -13,12 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_tiny_bundle
 from servers import REPO
 
 from distilintent.sdk import IntentDetector
@@ -29,21 +27,6 @@ LOAD_REQUESTS = int(os.environ.get("DISTILINTENT_LOAD_REQUESTS", "3000"))
 TEXTS = ["hello there", "bye for now", "book a flight to Paris", "will it rain tomorrow", "", "  ", "🙂 hi",
          "\x00 nul", "\u202eשלום", "a much longer text about booking flights and the weather " * 3,
          *[f"request number {i} to book something" for i in range(30)]]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from distilintent.training.export import export_bundle
-
-    path = make_tiny_bundle(tmp_path_factory.mktemp("load") / "tiny")
-    export_bundle(path, formats=("onnx",))
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(bundle: Path) -> Iterator[IntentDetector]:
-    with IntentDetector(bundle) as det:
-        yield det
 
 
 def test_32_threads_on_one_detector_give_the_sequential_results(detector: IntentDetector) -> None:

@@ -7,7 +7,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, TINY_LABELS, make_tiny_bundle
+from conftest import REPO, TINY_LABELS, make_onnx_bundle
+from servers import free_port, running
 
 pytest.importorskip("starlette")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from distilintent.plugin.server import create_app, model_fingerprint  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
@@ -30,43 +30,11 @@ OTHER_LABELS = ("yes", "no", "maybe")
 TEXTS = ["hello there", "book a flight to Paris", "will it rain tomorrow", "bye", "yes please", "no way"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:  # noqa: ANN001 - an ASGI app
-    """Serve ``app`` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False,
-                            lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny ONNX bundles with different labels: ``a`` (4 labels) and ``b`` (3 labels)."""
-    from distilintent.training.export import export_bundle
-
     root = tmp_path_factory.mktemp("reload")
-    a = make_tiny_bundle(root / "a")
-    b = make_tiny_bundle(root / "b", labels=OTHER_LABELS, seed=1)
-    for path in (a, b):
-        export_bundle(path, formats=("onnx",))
-    return {"a": a, "b": b}
+    return {"a": make_onnx_bundle(root / "a"), "b": make_onnx_bundle(root / "b", labels=OTHER_LABELS, seed=1)}
 
 
 def install(source: Path, serving: Path) -> None:

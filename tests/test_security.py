@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import TINY_LABELS, make_tiny_bundle
+from conftest import TINY_LABELS, make_onnx_bundle
 from servers import REPO, listening_addresses, running, serve_process
 
 pytest.importorskip("starlette")
@@ -113,14 +113,8 @@ def test_no_pickle_eval_or_remote_code_in_the_package_or_benchmarks() -> None:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The served bundle (TINY_LABELS) and another one (OTHER_LABELS) that no request may make it load."""
-    from distilintent.training.export import export_bundle
-
     root = tmp_path_factory.mktemp("security")
-    served = make_tiny_bundle(root / "served")
-    other = make_tiny_bundle(root / "other", labels=OTHER_LABELS, seed=1)
-    for path in (served, other):
-        export_bundle(path, formats=("onnx",))
-    return served, other
+    return make_onnx_bundle(root / "served"), make_onnx_bundle(root / "other", labels=OTHER_LABELS, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +169,7 @@ def test_the_token_is_compared_in_constant_time(bundles: tuple[Path, Path], monk
         return real(given, expected)
 
     monkeypatch.setattr(server_module.hmac, "compare_digest", spy)
-    with running(create_app(str(bundles[0]), token=TOKEN)) as url:
+    with running(create_app(str(bundles[0]), token=TOKEN), log_level="critical") as url:
         assert httpx.post(f"{url}/model/parse", json={"text": "hi", "token": "nope"}).status_code == 401
         assert httpx.post(f"{url}/model/parse", json={"text": "hi", "token": TOKEN}).status_code == 200
     assert [given for given, _ in compared] == [b"nope", TOKEN.encode()]
@@ -212,7 +206,7 @@ class _FailingDetector:
 
 
 def test_no_stack_traces_or_paths_in_responses() -> None:
-    with running(create_app(_FailingDetector(), intent_shortcuts=False)) as url:
+    with running(create_app(_FailingDetector(), intent_shortcuts=False), log_level="critical") as url:
         for response in (httpx.post(f"{url}/model/parse", json={"text": "hello"}),
                          httpx.post(f"{url}/model/parse/batch", json={"texts": ["hello"]})):
             body = check_error(response, 500)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,56 +11,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TINY_LABELS, make_tiny_bundle
+from conftest import TINY_LABELS
+from servers import running
 
 pytest.importorskip("starlette")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from distilintent.plugin.server import create_app, parse_intent_shortcut  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
 
 TOKEN = "s3cret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:  # noqa: ANN001 - an ASGI app
-    """Serve ``app`` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False,
-                            lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from distilintent.training.export import export_bundle
-
-    path = make_tiny_bundle(tmp_path_factory.mktemp("server") / "tiny")
-    export_bundle(path, formats=("onnx",))
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(bundle: Path) -> Iterator[IntentDetector]:
-    with IntentDetector(bundle) as det:
-        yield det
 
 
 @pytest.fixture(scope="module")

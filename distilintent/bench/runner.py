@@ -123,6 +123,22 @@ def load_average() -> list[float] | None:
         return None
 
 
+def machine_summary(report: dict[str, Any]) -> str:
+    """One Markdown line for a ``benchmarks/`` report with ``date``, ``machine`` and ``load_average_after``."""
+    info = report["machine"]
+    return (f"{report['date']} · {info.get('cpu', '?')}, {info.get('cpus', '?')} logical CPUs "
+            f"({info.get('cpus_usable', '?')} usable), ISA: {', '.join(info.get('isa', []))} · "
+            f"load average after: {report['load_average_after']}")
+
+
+def write_report(report: dict[str, Any], markdown: str, out: Path, name: str) -> None:
+    """``<out>/<name>.json`` and ``<out>/<name>.md`` (``markdown``, printed too), for ``benchmarks/`` scripts."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
 # -- rows -------------------------------------------------------------------------------------------
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -24,6 +22,7 @@ import httpx
 import pytest
 import venvs
 from conftest import REPO, TOY_TEMPLATES, make_tiny_base, make_tiny_bundle, tiny_train_options, toy_examples
+from servers import free_port, stop
 
 pytestmark = [pytest.mark.rasa, pytest.mark.slow]
 
@@ -134,12 +133,6 @@ def archive_names(model: Path) -> list[str]:
         return archive.getnames()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,16 +145,6 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float, log: Path) ->
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 # -- 1. prebuilt bundle -------------------------------------------------------------------------------------
