@@ -224,9 +224,10 @@ def load_bundle_model(bundle: Bundle) -> IntentModel:
     if head.get("num_labels") != len(bundle.labels):
         raise DistilIntentError(f"{bundle.path / MODEL_CONFIG_FILE}: the model has {head.get('num_labels')} outputs "
                                 f"for the manifest's {len(bundle.labels)} labels")
+    weights = bundle.read_bytes(WEIGHTS_FILE)  # checked against the manifest first (BundleError)
     try:
         model = IntentModel(DistilBertModel(DistilBertConfig(**config["encoder"])), **head)
-        model.load_state_dict(load_safetensors(bundle.read_bytes(WEIGHTS_FILE)), strict=True)
+        model.load_state_dict(load_safetensors(weights), strict=True)
     except (RuntimeError, TypeError, KeyError, ValueError) as err:
         raise DistilIntentError(f"{bundle.path / WEIGHTS_FILE} does not fit {bundle.path / MODEL_CONFIG_FILE}: "
                                 f"{str(err).splitlines()[0]}") from err

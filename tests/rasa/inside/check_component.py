@@ -107,10 +107,10 @@ def test_process_classifies_a_batch_in_one_call(tmp_path: Path, monkeypatch: pyt
 
 
 def test_ranking_length_and_fallback_options(tmp_path: Path) -> None:
-    text = "qwerty uiop"  # gibberish: under the bundle's calibrated threshold, far from certain
+    text = "qwerty uiop"  # gibberish: over the bundle's calibrated out-of-scope threshold
     with IntentDetector(BUNDLE) as detector:
         sdk = detector.detect(text)
-        assert detector.fallback_threshold is not None and sdk.is_fallback
+        assert detector.ood_threshold is not None and sdk.is_fallback
 
     def classify(**config) -> Message:  # noqa: ANN003
         component = make(storage_at(tmp_path / str(len(list(tmp_path.iterdir())))), model_path=str(BUNDLE), **config)
