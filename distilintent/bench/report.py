@@ -148,46 +148,17 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
     figure.savefig(paths[-1], dpi=120)
     plt.close(figure)
 
-    figure, axes = plt.subplots(figsize=(9, 5.5))
     sizes = report["settings"]["batch_sizes"]
-    for name in names:
-        points = [(size, rows[name]["throughput_texts_per_s"].get(str(size))) for size in sizes]
-        points = [(size, value) for size, value in points if value]
-        if points:
-            axes.plot(*zip(*points, strict=True), marker="o", label=name, **styles[name])
-    axes.set_xscale("log", base=2)
-    axes.set_xticks(sizes, [str(size) for size in sizes])
-    axes.set_yscale("log")
-    axes.set_xlabel("batch size")
-    axes.set_ylabel("texts / s")
-    axes.set_title("Throughput vs batch size")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.tight_layout()
-    paths.append(out / "throughput.png")
-    figure.savefig(paths[-1], dpi=120)
-    plt.close(figure)
-
+    throughput = {name: [(size, rows[name]["throughput_texts_per_s"].get(str(size))) for size in sizes]
+                  for name in names}
+    paths.append(_line_plot(plt, throughput, styles, sizes, "batch size", "texts / s", "Throughput vs batch size",
+                            out / "throughput.png"))
     lengths = report["settings"].get("seq_lens") or []
     if lengths:
-        figure, axes = plt.subplots(figsize=(9, 5.5))
-        for name in names:
-            by_length = rows[name].get("latency_by_seq_len") or {}
-            points = [(length, by_length[str(length)]["p50_ms"]) for length in lengths if str(length) in by_length]
-            if points:
-                axes.plot(*zip(*points, strict=True), marker="o", label=name, **styles[name])
-        axes.set_xscale("log", base=2)
-        axes.set_xticks(lengths, [str(length) for length in lengths])
-        axes.set_yscale("log")
-        axes.set_xlabel("tokens per text ([CLS] and [SEP] included)")
-        axes.set_ylabel("p50 ms (batch 1)")
-        axes.set_title("Batch-1 latency vs sequence length")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        figure.tight_layout()
-        paths.append(out / "seq_len.png")
-        figure.savefig(paths[-1], dpi=120)
-        plt.close(figure)
+        by_length = {name: [(length, (rows[name].get("latency_by_seq_len") or {}).get(str(length), {}).get("p50_ms"))
+                            for length in lengths] for name in names}
+        paths.append(_line_plot(plt, by_length, styles, lengths, "tokens per text ([CLS] and [SEP] included)",
+                                "p50 ms (batch 1)", "Batch-1 latency vs sequence length", out / "seq_len.png"))
     return paths
 
 
@@ -200,3 +171,25 @@ def write_outputs(report: dict[str, Any], out: str | Path, plots: bool = True) -
     if plots and report["rows"]:
         written += plot(report, out)
     return written
+
+
+def _line_plot(plt: Any, series: dict[str, list[tuple[int, float | None]]], styles: dict[str, dict[str, Any]],
+               ticks: list[int], xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """One log-log line per row (points without a value are left out), legend outside, saved as PNG."""
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    for name, points in series.items():
+        points = [(x, y) for x, y in points if y]
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="o", label=name, **styles[name])
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(ticks, [str(tick) for tick in ticks])
+    axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

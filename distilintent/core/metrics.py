@@ -73,17 +73,25 @@ def oos_metrics(is_oos: np.ndarray, predicted_oos: np.ndarray, correct: np.ndarr
     }
 
 
-def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    """ECE with equal-width confidence bins."""
+def reliability_bins(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
+    """Per non-empty equal-width confidence bin: count, mean confidence, accuracy (a reliability diagram)."""
     confidences = np.asarray(confidences, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    error = 0.0
+    rows = []
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidences > low) & (confidences <= high)
         if inside.any():
-            error += inside.mean() * abs(confidences[inside].mean() - correct[inside].mean())
-    return float(error)
+            rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
+                         "confidence": float(confidences[inside].mean()), "accuracy": float(correct[inside].mean())})
+    return rows
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins."""
+    total = len(confidences)
+    return float(sum(row["count"] / total * abs(row["confidence"] - row["accuracy"])
+                     for row in reliability_bins(confidences, correct, bins)))
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:

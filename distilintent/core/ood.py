@@ -107,6 +107,22 @@ class ClassStatistics:
         return stats
 
 
+def load_statistics(bundle: Any, relative: str = STATS_FILE) -> ClassStatistics | None:
+    """A bundle's class statistics (None if it has none), checked against its labels and embedding width;
+    a file that does not fit is a ``BundleError`` naming it."""
+    from distilintent.core.errors import BundleError
+
+    if relative not in bundle.manifest.get("files", {}):
+        return None
+    dim = (bundle.manifest.get("architecture") or {}).get("dim")
+    try:
+        return ClassStatistics.from_bytes(bundle.read_bytes(relative), len(bundle.labels), dim)
+    except ValueError as err:
+        if isinstance(err, BundleError):
+            raise
+        raise BundleError(f"{bundle.path / relative}: {err}") from err
+
+
 def ledoit_wolf_shrinkage(centred: np.ndarray, covariance: np.ndarray) -> float:
     """Ledoit & Wolf (2004)'s shrinkage intensity towards ``trace/dim · I`` for centred samples."""
     n, dim = centred.shape

@@ -18,7 +18,14 @@ import numpy as np
 from distilintent.core.bundle import TOKENIZER_FILE, Bundle, Variant
 from distilintent.core.errors import BundleError
 from distilintent.core.metrics import softmax
-from distilintent.core.ood import EMBEDDING_METHODS, OOD_METHODS, ClassStatistics, ood_scores
+from distilintent.core.ood import (
+    EMBEDDING_METHODS,
+    OOD_METHODS,
+    STATS_FILE,
+    ClassStatistics,
+    load_statistics,
+    ood_scores,
+)
 from distilintent.core.results import IntentResult
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import Runtime, load_runtime
@@ -134,27 +141,27 @@ class IntentDetector:
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Raw float32 logits ``(len(texts), len(labels))`` before temperature; every text runs the model."""
+        return self.outputs(texts, batch_size)[0]
+
+    def outputs(self, texts: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits and pooled sentence embeddings (None for variants exported without them), one pass."""
         texts = _check_texts(texts)
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self._outputs_of(texts, batch_size)[0]
+            return np.zeros((0, len(self.labels)), dtype=np.float32), None
+        return self._outputs_of(texts, batch_size)
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Pooled sentence embeddings ``(len(texts), dim)`` from the same pass (e.g. for semantic search)."""
-        texts = _check_texts(texts)
         if self._runtime is not None and not self._runtime.has_embedding:
             raise BundleError(f"variant {self.variant.name} was exported without the 'sentence_embedding' output; "
                               "re-export the bundle: distilintent export --model ...")
-        embeddings = self._outputs_of(texts, batch_size)[1] if texts else None
+        embeddings = self.outputs(texts, batch_size)[1]
         return embeddings if embeddings is not None else np.zeros((0, 0), dtype=np.float32)
 
     def ood_score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """The out-of-scope scores (``ood_method``; higher: more out of scope) of the texts."""
-        texts = _check_texts(texts)
-        if not texts:
-            return np.zeros(0)
-        logits, embeddings = self._outputs_of(texts, batch_size)
-        return self._scores(logits, embeddings)
+        logits, embeddings = self.outputs(texts, batch_size)
+        return self._scores(logits, embeddings) if len(logits) else np.zeros(0)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Temperature-calibrated softmax of :meth:`logits`."""
@@ -189,12 +196,10 @@ class IntentDetector:
         if method in OOD_METHODS and rule.get("threshold") is not None:
             usable = method not in EMBEDDING_METHODS or (self._runtime is not None and self._runtime.has_embedding)
             if usable and method in EMBEDDING_METHODS:
-                stats_file = rule.get("stats")
-                try:
-                    dim = (bundle.manifest.get("architecture") or {}).get("dim")
-                    self._ood_stats = ClassStatistics.from_bytes(bundle.read_bytes(stats_file), len(self.labels), dim)
-                except ValueError as err:
-                    raise BundleError(f"{bundle.path / str(stats_file)}: {err}") from err
+                self._ood_stats = load_statistics(bundle, rule.get("stats") or STATS_FILE)
+                if self._ood_stats is None:
+                    raise BundleError(f"{bundle.path}: the {method} out-of-scope rule needs {rule.get('stats')}, "
+                                      "which the bundle does not list")
             if usable:
                 self.ood_method, self.ood_threshold = method, float(rule["threshold"])
                 if method == "msp":

@@ -20,6 +20,7 @@ from distilintent.core.ood import (
     auroc,
     choose_ood_threshold,
     fpr_at_tpr,
+    load_statistics,
     ood_scores,
 )
 
@@ -129,7 +130,7 @@ def recalibrate_bundle(
     store them in its manifest. Without a ``validation`` split in the data, the validation sample that
     training stored in the bundle is used. The class statistics of the distance scores stay those of training; a
     bundle without them (trained by an older version) gets them from the data's ``train`` split."""
-    from distilintent.training.evaluate import bundle_ood_stats, bundle_outputs
+    from distilintent.training.evaluate import bundle_outputs
 
     bundle = Bundle.open(bundle_path)
     examples = load_examples(data) if isinstance(data, (str, Path)) else list(data)
@@ -147,7 +148,7 @@ def recalibrate_bundle(
     logits, embeddings, _ = bundle_outputs(bundle.path, [example.text for example in chosen], backend)
     truth = [example.label for example in chosen]
     calibration = calibrate(logits, truth, bundle.labels, oos_label, coverage)
-    stats = bundle_ood_stats(bundle)
+    stats = load_statistics(bundle)
     new_stats = None
     held_out = {example.text for example in chosen}
     train_examples = [example for example in examples if example.split == "train" and example.text not in held_out]

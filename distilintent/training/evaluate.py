@@ -14,15 +14,15 @@ import numpy as np
 from distilintent.core.bundle import Bundle
 from distilintent.core.data import Example, load_examples
 from distilintent.core.errors import DataError
-from distilintent.core.metrics import classification_report, expected_calibration_error, softmax
+from distilintent.core.metrics import classification_report, expected_calibration_error, reliability_bins, softmax
 from distilintent.core.ood import (
     EMBEDDING_METHODS,
     OOD_METHODS,
-    STATS_FILE,
     ClassStatistics,
     auroc,
     fallback_mask,
     fpr_at_tpr,
+    load_statistics,
     ood_scores,
 )
 
@@ -102,18 +102,6 @@ def _fallback_rule(ood: dict[str, Any] | None, threshold: float | None,
     return None
 
 
-def reliability_bins(confidences: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
-    """Per equal-width confidence bin: count, mean confidence, accuracy (the reliability diagram's data)."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    rows = []
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        inside = (confidences > low) & (confidences <= high)
-        if inside.any():
-            rows.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
-                         "confidence": float(confidences[inside].mean()), "accuracy": float(correct[inside].mean())})
-    return rows
-
-
 def bundle_outputs(bundle_path: str | Path, texts: Sequence[str], backend: str = "auto",
                    precision: str = "auto") -> tuple[np.ndarray, np.ndarray | None, str]:
     """Logits, pooled embeddings (None when the variant was exported without them) and the variant name,
@@ -123,8 +111,7 @@ def bundle_outputs(bundle_path: str | Path, texts: Sequence[str], backend: str =
         from distilintent.sdk import IntentDetector
 
         with IntentDetector(bundle.path, backend=backend, precision=precision) as detector:
-            logits, embeddings = detector._outputs_of(list(texts), 32) if texts else (
-                np.zeros((0, len(bundle.labels)), np.float32), None)
+            logits, embeddings = detector.outputs(texts)
             return logits, embeddings, detector.variant.name
     if backend not in ("auto", "torch"):
         raise DataError(f"{bundle.path} has no exported {backend} variant; run: distilintent export --model ...")
@@ -139,13 +126,6 @@ def bundle_logits(bundle_path: str | Path, texts: Sequence[str], backend: str = 
     """Raw logits from an exported runtime (``auto``: the SDK's choice) or from the torch weights."""
     logits, _, variant = bundle_outputs(bundle_path, texts, backend, precision)
     return logits, variant
-
-
-def bundle_ood_stats(bundle: Bundle) -> ClassStatistics | None:
-    """The bundle's class statistics for the distance scores, if it has them."""
-    if STATS_FILE not in bundle.manifest.get("files", {}):
-        return None
-    return ClassStatistics.from_bytes(bundle.read_bytes(STATS_FILE), len(bundle.labels))
 
 
 def evaluate_bundle(
@@ -178,7 +158,7 @@ def evaluate_bundle(
         oos_label=oos_label,
         embeddings=embeddings,
         ood=bundle.manifest.get("ood"),
-        stats=bundle_ood_stats(bundle),
+        stats=load_statistics(bundle),
     )
     unknown = sorted({example.label for example in chosen} - set(bundle.labels) - {oos_label})
     report.update({"model": str(bundle.path), "variant": variant, "split": split, "unknown_labels": unknown})

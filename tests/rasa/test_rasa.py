@@ -36,11 +36,7 @@ EXPECTED = ["greet", "goodbye", "book_flight", "weather"]
 
 @pytest.fixture(scope="module")
 def python310() -> str:
-    found = venvs.find_python310()
-    if found is None:
-        pytest.skip("Rasa 3.6.21 needs Python 3.10 and none was found (python3.10 on PATH, pyenv, or "
-                    "$DISTILINTENT_PYTHON310)")
-    return found
+    return venvs.python310_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,7 @@ pytestmark = [pytest.mark.rasa, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def rasa_venv() -> Path:
-    python310 = venvs.find_python310()
-    if python310 is None:
-        pytest.skip("Rasa 3.6.21 needs Python 3.10 and none was found (python3.10 on PATH, pyenv, or "
-                    "$DISTILINTENT_PYTHON310)")
-    return venvs.ensure_serving(python310, log=lambda line: print(line, file=sys.stderr))
+    return venvs.ensure_serving(venvs.python310_or_skip(), log=lambda line: print(line, file=sys.stderr))
 
 
 def test_diet_row_measured_over_http(rasa_venv: Path, exported_bundle: Path, tmp_path: Path) -> None:

@@ -48,6 +48,17 @@ class VenvError(RuntimeError):
     """A Rasa test environment could not be built (the message holds pip's last lines)."""
 
 
+def python310_or_skip() -> str:
+    """``find_python310()``, or skip the calling test with the reason (Rasa 3.6.21 needs Python 3.10)."""
+    import pytest
+
+    found = find_python310()
+    if found is None:
+        pytest.skip("Rasa 3.6.21 needs Python 3.10 and none was found (python3.10 on PATH, pyenv, or "
+                    "$DISTILINTENT_PYTHON310)")
+    return found
+
+
 def find_python310() -> str | None:
     """A working Python 3.10: ``$DISTILINTENT_PYTHON310``, ``python3.10`` on PATH, or a pyenv install."""
     candidates = [os.environ.get("DISTILINTENT_PYTHON310"), shutil.which("python3.10")]
