@@ -109,7 +109,7 @@ def main() -> None:
             detector.detect_batch(chunk, batch_size=32)
             throughput[name].append(len(chunk) / ((clock() - start) / 1e9))
 
-    encoder = next(iter(detectors.values()))._tokenizer
+    encoder = next(iter(detectors.values()))._encoder.tokenizer
     tokenize_ns = []
     for text in texts[: args.calls]:
         start = clock()

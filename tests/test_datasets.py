@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED_DATA
+from needs import need_path
 
 from distilintent.bench import datasets
 from distilintent.core.errors import DataError
@@ -80,11 +81,10 @@ def test_wrong_checksum_fails_clearly_and_keeps_nothing(tmp_path: Path, monkeypa
         datasets.dataset_path("clinc150", tmp_path / "data")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "clinc150" / "data_full.json").is_file(),
-                    reason=f"needs the published raw files in {SHARED_DATA}")
 @pytest.mark.parametrize("name", ["clinc150", "banking77"])
 def test_conversion_reproduces_the_shared_jsonl(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real published files, served from file:// URLs, pass the pinned sha256 and convert byte for byte."""
+    need_path(SHARED_DATA / name, "the published raw files")
     dataset = datasets.DATASETS[name]
     files = tuple(dataclasses.replace(raw, url=(SHARED_DATA / name / raw.name).as_uri()) for raw in dataset.files)
     monkeypatch.setitem(datasets.DATASETS, name, dataclasses.replace(dataset, files=files))

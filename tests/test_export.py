@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need_module
 
-pytest.importorskip("torch")
-pytest.importorskip("openvino")
+need_module("torch")
+need_module("openvino")
 
 from distilintent import cli  # noqa: E402
 from distilintent.core.bundle import Bundle  # noqa: E402

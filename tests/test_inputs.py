@@ -25,14 +25,15 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from needs import need_module
 from servers import REPO, running
 
 from distilintent.core.results import IntentResult
 from distilintent.core.tokenization import valid_unicode
 from distilintent.sdk import IntentDetector
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+need_module("starlette")
+need_module("uvicorn")
 
 from distilintent.plugin.server import create_app  # noqa: E402
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, TINY_LABELS, make_onnx_bundle
+from needs import need_module
 from servers import free_port, running
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+need_module("starlette")
+need_module("uvicorn")
 
 from distilintent.plugin.server import create_app, model_fingerprint  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402

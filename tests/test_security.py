@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from conftest import TINY_LABELS, make_onnx_bundle
+from needs import need_module
 from servers import REPO, listening_addresses, running, serve_process
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+need_module("starlette")
+need_module("uvicorn")
 
 from distilintent.plugin import server as server_module  # noqa: E402
 from distilintent.plugin.server import create_app  # noqa: E402

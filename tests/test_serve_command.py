@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, make_tiny_bundle
+from needs import need_module
 
-pytest.importorskip("uvicorn")
+need_module("uvicorn")
 pytestmark = pytest.mark.slow
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import TINY_LABELS
+from needs import need_module
 from servers import running
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+need_module("starlette")
+need_module("uvicorn")
 
 from distilintent.plugin.server import create_app, parse_intent_shortcut  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402

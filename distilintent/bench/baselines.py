@@ -53,8 +53,7 @@ class TorchClassifier:
         bundle = Bundle.open(bundle_path)
         self.labels = bundle.labels
         self.model = load_bundle_model(bundle).to(_torch_dtype(torch, precision)).eval()
-        self.encoder = TextEncoder.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), bundle.max_length,
-                                            (bundle.manifest.get("tokenizer") or {}).get("pad_token_id"))
+        self.encoder = TextEncoder.from_bundle(bundle)
 
     def _run(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         torch = self._torch

@@ -12,27 +12,17 @@ STATIC = "static"
 DYNAMIC = "dynamic"
 
 
-def use_dynamic_shapes(detector: Any) -> None:
-    """Make an OpenVINO detector run every call, batch 1 included, on its dynamic-shape model.
-
-    The SDK pads batch-1 texts to static-shape buckets (``OpenVINOModel.buckets``); an empty bucket
-    tuple means no padding and the dynamic model (:class:`distilintent.sdk.runtimes.OpenVINOModel`).
-    """
-    runtime = detector._runtime  # the SDK has no public switch for this: the bench is its only user
-    if not hasattr(runtime, "buckets"):
-        raise ValueError(f"{detector.variant.name} has no static-shape buckets (only OpenVINO variants do)")
-    runtime.buckets = ()
-
-
 def build_subject(kind: str, bundle: str | os.PathLike[str], backend: str, precision: str, threads: int | None,
                   shapes: str | None = None) -> Any:
     """``kind`` is ``sdk``, ``torch`` or ``pipeline``; ``shapes="dynamic"`` only for OpenVINO SDK rows."""
     if kind == "sdk":
         from distilintent.sdk import IntentDetector
 
-        detector = IntentDetector(bundle, backend=backend, precision=precision, threads=threads)
-        if shapes == DYNAMIC:
-            use_dynamic_shapes(detector)
+        detector = IntentDetector(bundle, backend=backend, precision=precision, threads=threads,
+                                  openvino_shapes=shapes or STATIC)
+        if shapes == DYNAMIC and detector.variant.backend != "openvino":
+            detector.close()
+            raise ValueError(f"{detector.variant.name} has no static-shape buckets (only OpenVINO variants do)")
         return detector
     if kind == "torch":
         from distilintent.bench.baselines import TorchClassifier

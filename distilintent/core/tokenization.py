@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from distilintent.core.bundle import TOKENIZER_FILE
 
 
 def valid_unicode(text: str) -> str:
@@ -25,8 +28,8 @@ def valid_unicode(text: str) -> str:
 class TextEncoder:
     """Tokenizes texts into ``input_ids``/``attention_mask`` int64 arrays, truncated to ``max_length``.
 
-    Padding is done here, not by the tokenizer: to the longest text of the batch, or to ``pad_to``
-    (a static-shape bucket). Texts longer than ``max_length`` tokens are truncated (the end is cut).
+    Padding is done here, not by the tokenizer (:func:`pad_into`), to the longest text of the batch.
+    Texts longer than ``max_length`` tokens are truncated (the end is cut).
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, pad_token_id: int | None = None) -> None:
@@ -45,6 +48,12 @@ class TextEncoder:
         return cls(Tokenizer.from_str(json_text), max_length, pad_token_id)
 
     @classmethod
+    def from_bundle(cls, bundle: Any) -> TextEncoder:
+        """The tokenizer a bundle was trained with, at its ``max_length`` and pad id (checksum checked)."""
+        pad_id = (bundle.manifest.get("tokenizer") or {}).get("pad_token_id")
+        return cls.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), bundle.max_length, pad_id)
+
+    @classmethod
     def from_file(cls, path: str, max_length: int, pad_token_id: int | None = None) -> TextEncoder:
         return cls(Tokenizer.from_file(str(path)), max_length, pad_token_id)
 
@@ -56,14 +65,22 @@ class TextEncoder:
             return [self.tokenizer.encode(valid_unicode(texts[0])).ids]
         return [encoding.ids for encoding in self.tokenizer.encode_batch([valid_unicode(text) for text in texts])]
 
-    def pad(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        width = max(pad_to or 0, max((len(row) for row in ids), default=1), 1)
-        input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(ids), width), dtype=np.int64)
-        for row, tokens in enumerate(ids):
-            input_ids[row, : len(tokens)] = tokens
-            attention_mask[row, : len(tokens)] = 1
+    def pad(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """``input_ids`` and ``attention_mask`` ``(batch, longest)`` int64 arrays."""
+        width = max(max((len(row) for row in ids), default=1), 1)
+        input_ids = np.empty((len(ids), width), dtype=np.int64)
+        attention_mask = np.empty((len(ids), width), dtype=np.int64)
+        pad_into(ids, input_ids, attention_mask, self.pad_token_id)
         return input_ids, attention_mask
 
-    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self.pad(self.token_ids(texts), pad_to)
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.pad(self.token_ids(texts))
+
+
+def pad_into(ids: Sequence[Sequence[int]], input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int) -> None:
+    """Write token ids into preallocated ``(batch, width)`` buffers, padding with ``pad_id``."""
+    input_ids.fill(pad_id)
+    attention_mask.fill(0)
+    for row, tokens in enumerate(ids):
+        input_ids[row, : len(tokens)] = tokens
+        attention_mask[row, : len(tokens)] = 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from distilintent.core.bundle import TOKENIZER_FILE, Bundle, Variant
+from distilintent.core.bundle import Bundle, Variant
 from distilintent.core.errors import BundleError
 from distilintent.core.metrics import softmax
 from distilintent.core.ood import (
@@ -49,6 +49,8 @@ class IntentDetector:
             threshold (``calibration.fallback_threshold``), if any.
         fallback_intent: the intent name of fallback results (Rasa's ``nlu_fallback``).
         top_k: length of each result's ranking (``None``: all labels).
+        openvino_shapes: ``"static"`` pads OpenVINO inputs to compiled static-shape buckets (faster at
+            batch 1 here); ``"dynamic"`` runs every call on the dynamic-shape model. Ignored by ONNX Runtime.
 
     A result is a fallback when its out-of-scope score is over the threshold (for ``msp``: the top
     temperature-calibrated confidence is under ``fallback_threshold``) or when the top label is the
@@ -65,6 +67,7 @@ class IntentDetector:
         fallback_threshold: float | None = None,
         fallback_intent: str = DEFAULT_FALLBACK_INTENT,
         top_k: int | None = 10,
+        openvino_shapes: str = "static",
     ) -> None:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
@@ -79,15 +82,12 @@ class IntentDetector:
         self.manifest: dict[str, Any] = copy.deepcopy(bundle.manifest)
         self.labels: tuple[str, ...] = bundle.labels
         self.max_length = bundle.max_length
-        pad_id = (bundle.manifest.get("tokenizer") or {}).get("pad_token_id")
-        self._encoder = TextEncoder.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), self.max_length,
-                                             pad_id)
-        self._tokenizer = self._encoder.tokenizer
+        self._encoder = TextEncoder.from_bundle(bundle)
         weights = bundle.read_bytes(self.variant.weights) if self.variant.weights else None
         self._runtime: Runtime | None = load_runtime(
             self.variant.backend, self.variant.precision, bundle.read_bytes(self.variant.file), weights,
             max_length=self.max_length, threads=threads, pad_id=self._encoder.pad_token_id,
-            num_labels=len(self.labels), source=str(bundle.path / self.variant.file),
+            num_labels=len(self.labels), source=str(bundle.path / self.variant.file), openvino_shapes=openvino_shapes,
         )
         self.temperature = float(bundle.calibration.get("temperature") or 1.0)
         self.fallback_threshold: float | None = None

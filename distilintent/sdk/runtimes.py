@@ -29,6 +29,7 @@ import numpy as np
 
 from distilintent.core.deps import require
 from distilintent.core.errors import BundleError, MissingExtraError
+from distilintent.core.tokenization import pad_into
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -63,15 +64,6 @@ def buckets_for(max_length: int) -> tuple[int, ...]:
         buckets.append(width)
         width *= 2
     return (*buckets, max_length)
-
-
-def pad_into(ids: Sequence[Sequence[int]], input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int) -> None:
-    """Write token ids into preallocated ``(batch, width)`` buffers, padding with ``pad_id``."""
-    input_ids.fill(pad_id)
-    attention_mask.fill(0)
-    for row, tokens in enumerate(ids):
-        input_ids[row, : len(tokens)] = tokens
-        attention_mask[row, : len(tokens)] = 1
 
 
 def _graph_inputs(names: Sequence[str], where: str) -> tuple[str, ...]:
@@ -306,16 +298,21 @@ def load_runtime(
     pad_id: int = 0,
     num_labels: int | None = None,
     source: str | None = None,
+    openvino_shapes: str = "static",
 ) -> Runtime:
     """Build the runtime for ``backend``; with ``num_labels``, refuse a graph with another number of logits.
 
-    ``source`` names the model (its file) in errors.
+    ``source`` names the model (its file) in errors. ``openvino_shapes="dynamic"`` runs OpenVINO without
+    static-shape buckets (every call on the dynamic-shape model).
     """
+    if openvino_shapes not in ("static", "dynamic"):
+        raise ValueError(f"openvino_shapes must be 'static' or 'dynamic', got {openvino_shapes!r}")
     if backend == "onnxruntime":
         runtime: Runtime = OnnxRuntimeModel(model, precision, threads=threads, pad_id=pad_id,
                                             source=source or "the ONNX model")
     elif backend == "openvino":
         runtime = OpenVINOModel(model, weights or b"", precision, max_length, threads=threads, pad_id=pad_id,
+                                buckets=() if openvino_shapes == "dynamic" else None,
                                 source=source or "the OpenVINO model")
     else:
         raise ValueError(f"unknown backend {backend!r}; expected 'onnxruntime' or 'openvino'")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distilintent.core.bundle import TOKENIZER_FILE, Bundle, update_bundle
+from distilintent.core.bundle import Bundle, update_bundle
 from distilintent.core.data import load_examples
 from distilintent.core.errors import DataError, DistilIntentError
 from distilintent.core.tokenization import TextEncoder
@@ -78,8 +78,7 @@ def export_bundle(
     if not formats or unknown:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {list(formats)}")
     bundle = Bundle.open(bundle_path)
-    encoder = TextEncoder.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), bundle.max_length,
-                                   (bundle.manifest.get("tokenizer") or {}).get("pad_token_id"))
+    encoder = TextEncoder.from_bundle(bundle)
     model = load_bundle_model(bundle)
     texts, labels, source = _reference_sample(bundle)
     reference, reference_embedding = _torch_outputs(model, encoder, texts)

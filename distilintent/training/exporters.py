@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from distilintent.core.deps import require
-from distilintent.sdk.runtimes import ATTENTION_MASK, INPUT_IDS, buckets_for, pad_into
+from distilintent.core.tokenization import pad_into
+from distilintent.sdk.runtimes import ATTENTION_MASK, INPUT_IDS, buckets_for
 from distilintent.training.export_graph import IntentGraph, PlainIntentGraph
 from distilintent.training.model import IntentModel
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from distilintent.core.bundle import TOKENIZER_FILE, Bundle
+from distilintent.core.bundle import Bundle
 from distilintent.core.tokenization import TextEncoder
 from distilintent.training.model import IntentModel, load_bundle_model
 
@@ -24,8 +24,7 @@ class TorchPredictor:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> TorchPredictor:
-        encoder = TextEncoder.from_str(bundle.read_bytes(TOKENIZER_FILE).decode("utf-8"), bundle.max_length,
-                                       bundle.manifest.get("tokenizer", {}).get("pad_token_id"))
+        encoder = TextEncoder.from_bundle(bundle)
         return cls(load_bundle_model(bundle), encoder)
 
     def logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:

@@ -50,12 +50,12 @@ class VenvError(RuntimeError):
 
 def python310_or_skip() -> str:
     """``find_python310()``, or skip the calling test with the reason (Rasa 3.6.21 needs Python 3.10)."""
-    import pytest
+    from needs import missing
 
     found = find_python310()
     if found is None:
-        pytest.skip("Rasa 3.6.21 needs Python 3.10 and none was found (python3.10 on PATH, pyenv, or "
-                    "$DISTILINTENT_PYTHON310)")
+        missing("Rasa 3.6.21 needs Python 3.10 and none was found (python3.10 on PATH, pyenv, or "
+                "$DISTILINTENT_PYTHON310)")
     return found
 
 
