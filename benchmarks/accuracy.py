@@ -71,7 +71,7 @@ def train(dataset: str, data: Path, bundle_path: Path) -> None:
 
 
 def model_row(bundle: Bundle, data: Path, precision: str, train_info: dict[str, Any]) -> dict[str, Any]:
-    from distilintent.training.evaluate import evaluate_bundle
+    from distilintent.evaluation import evaluate_bundle
 
     has_variant = any(variant.precision == precision for variant in bundle.variants.values())
     if precision == "int8" and not has_variant:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from distilintent.core.bundle import Bundle
+from distilintent.core.fallback import FallbackRule
 from distilintent.core.ood import (
     STATS_FILE,
     ClassStatistics,
     auroc,
     choose_ood_threshold,
-    fallback_mask,
     fpr_at_tpr,
     ood_scores,
 )
-from distilintent.training.calibration import fit_ood_rule
+from distilintent.evaluation import fit_ood_rule
 from tests.conftest import TOY_TEMPLATES, tiny_train_options, toy_examples
 
 
@@ -93,9 +93,20 @@ def test_threshold_without_oos_keeps_the_coverage() -> None:
     assert choice["criterion"] == "in_scope_coverage=0.97"
 
 
-def test_fallback_mask_combines_class_and_threshold() -> None:
-    mask = fallback_mask(np.array([0.1, 5.0, 0.1]), 1.0, np.array([0, 0, 2]), oos_index=2)
-    assert mask.tolist() == [False, True, True]
+def test_the_rule_combines_class_and_threshold() -> None:
+    rule = FallbackRule("energy", 1.0, oos_index=2)
+    assert rule.mask(np.array([0.1, 5.0, 0.1]), np.array([0, 0, 2])).tolist() == [False, True, True]
+    assert FallbackRule("energy", None).mask(np.array([0.1, 5.0]), np.array([0, 0])).tolist() == [False, False]
+    # a minimum confidence is compared as given: 0.7 means "under 0.7", with no 1 - x rounding
+    confidence = FallbackRule.minimum_confidence(0.7)
+    assert confidence.mask(np.zeros(3), np.zeros(3), np.array([0.7, 0.69999, 0.9])).tolist() == [False, True, False]
+    logits = np.array([[3.0, 0.0], [0.1, 0.0]])
+    scores, mask = confidence.decide(logits)
+    assert mask.tolist() == [False, True] and scores[1] == pytest.approx(1 - 1 / (1 + np.exp(-0.1)))
+    with pytest.raises(ValueError, match="needs the bundle's class statistics"):
+        FallbackRule("mahalanobis", 1.0)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        FallbackRule.minimum_confidence(1.5)
 
 
 def test_statistics_round_trip_and_mismatch() -> None:
@@ -164,44 +175,73 @@ def test_manifest_stores_the_rule_and_statistics(oos_bundle: Path) -> None:
     assert bundle.manifest["variants"]["onnx-fp32"]["outputs"] == ["logits", "sentence_embedding"]
 
 
-def test_sdk_falls_back_for_out_of_scope_inputs(oos_bundle: Path) -> None:
+# Never seen in training, validation or calibration: words none of the toy intents uses.
+UNSEEN_OUT_OF_SCOPE = ["quantum physics lecture", "recipe for lasagna", "my tax return deadline",
+                       "purple elephants dancing", "reset my router password", "who won the football match"]
+UNSEEN_IN_SCOPE = {"hello hello friend": "greet", "bye see you": "goodbye", "book a plane ticket": "book_flight",
+                   "rain or sunny today": "weather", "good morning friend": "greet",
+                   "flight to rome please": "book_flight"}
+
+
+@pytest.fixture(scope="module")
+def in_scope_bundle(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained on in-scope intents only (no out-of-scope class), exported to ONNX (FP32)."""
+    from distilintent.training.config import TrainConfig
+    from distilintent.training.export import export_bundle
+    from distilintent.training.trainer import train
+
+    output = tmp_path_factory.mktemp("in-scope") / "bundle"
+    config = TrainConfig().updated(tiny_train_options(tiny_base, epochs=10, validation_fraction=0.25))
+    train(toy_examples(TOY_TEMPLATES, repeat=3), config, output, progress=False)
+    export_bundle(output, formats=("onnx",))
+    return output
+
+
+def test_sdk_falls_back_on_the_score_for_texts_it_never_saw(in_scope_bundle: Path) -> None:
+    """No out-of-scope class to predict: only the Mahalanobis score can make these texts fall back."""
     from distilintent.sdk import IntentDetector
 
-    with IntentDetector(oos_bundle) as detector:
-        rule = Bundle.open(oos_bundle).manifest["ood"]
-        assert (detector.ood_method, detector.ood_threshold) == (rule["method"], rule["threshold"])
-        out_of_scope = detector.detect_batch(["capital of peru ok", "stock market prices thanks",
-                                              "how tall is everest please"])
+    with IntentDetector(in_scope_bundle) as detector:
+        rule = Bundle.open(in_scope_bundle).manifest["ood"]
+        assert (detector.ood_method, detector.ood_threshold) == ("mahalanobis", rule["threshold"])
+        outside = detector.ood_score(UNSEEN_OUT_OF_SCOPE)
+        inside = detector.ood_score(list(UNSEEN_IN_SCOPE))
+        assert outside.min() > detector.ood_threshold > inside.max()  # the score separates them
+        out_of_scope = detector.detect_batch(UNSEEN_OUT_OF_SCOPE)
         assert all(result.is_fallback and result.intent == "nlu_fallback" for result in out_of_scope)
-        in_scope = detector.detect_batch(["hello friend", "weather forecast", "book a flight"])
-        assert [result.intent for result in in_scope] == ["greet", "weather", "book_flight"]
-        assert not any(result.is_fallback for result in in_scope)
-        single = detector.detect("capital of peru ok")
+        assert min(result.confidence for result in out_of_scope) > 0.9  # a confidence threshold would answer
+        in_scope = detector.detect_batch(list(UNSEEN_IN_SCOPE))
+        assert [result.intent for result in in_scope] == list(UNSEEN_IN_SCOPE.values())
+        single = detector.detect(UNSEEN_OUT_OF_SCOPE[0])
         assert single.is_fallback and single.ood_score == pytest.approx(out_of_scope[0].ood_score, rel=1e-4)
         assert detector.embed(["hello"]).shape == (1, 32)
-        # a user's confidence threshold replaces the bundle's rule
-    with IntentDetector(oos_bundle, fallback_threshold=0.0) as permissive:
-        assert permissive.ood_method == "msp"
-        assert not permissive.detect("hello friend").is_fallback
+    with IntentDetector(in_scope_bundle, fallback_threshold=0.5) as by_confidence:  # replaces the bundle's rule
+        assert by_confidence.ood_method == "msp" and by_confidence.fallback_threshold == 0.5
+        assert not any(result.is_fallback for result in by_confidence.detect_batch(UNSEEN_OUT_OF_SCOPE))
 
 
-def test_evaluate_reports_ood_metrics_and_reliability(oos_bundle: Path, tmp_path: Path) -> None:
-    from distilintent.training.evaluate import evaluate_bundle
+def test_evaluate_reports_ood_metrics_on_texts_it_never_saw(in_scope_bundle: Path, tmp_path: Path) -> None:
+    from distilintent.core.data import Example
+    from distilintent.evaluation import evaluate_bundle
 
-    examples = toy_examples({**TOY_TEMPLATES, **OOS_TEMPLATES}, repeat=1)
-    report = evaluate_bundle(oos_bundle, examples, split=None, out_dir=tmp_path, backend="onnxruntime")
+    examples = ([Example(text, label) for text, label in UNSEEN_IN_SCOPE.items()]
+                + [Example(text, "oos") for text in UNSEEN_OUT_OF_SCOPE])
+    report = evaluate_bundle(in_scope_bundle, examples, split=None, out_dir=tmp_path, backend="onnxruntime",
+                             oos_label="oos")
     assert set(report["ood_scores"]) == {"msp", "energy", "mahalanobis", "cosine"}
-    for values in report["ood_scores"].values():
-        assert 0.0 <= values["auroc"] <= 1.0 and 0.0 <= values["fpr_at_95_tpr"] <= 1.0
+    assert report["ood_scores"]["mahalanobis"] == {"auroc": 1.0, "fpr_at_95_tpr": 0.0}
+    assert report["accuracy"] == 0.5  # argmax alone answers every out-of-scope text with an intent
     after = report["with_fallback"]
-    assert after["method"] == Bundle.open(oos_bundle).manifest["ood"]["method"]
-    assert after["oos_recall"] >= 0.9 and after["in_scope_accuracy"] >= 0.9
-    assert sum(row["count"] for row in report["reliability"]) == report["n"]
+    assert after["method"] == "mahalanobis" and after["threshold"] == Bundle.open(in_scope_bundle).manifest["ood"][
+        "threshold"]
+    assert (after["oos_recall"], after["in_scope_accuracy"], after["accuracy"]) == (1.0, 1.0, 1.0)
+    assert after["fallback_rate"] == 0.5
+    assert sum(row["count"] for row in report["reliability"]) == len(UNSEEN_IN_SCOPE)  # labels the model knows
     assert (tmp_path / "reliability.png").stat().st_size > 1000
 
 
-def test_old_exports_without_embedding_fall_back_to_confidence(oos_bundle: Path, tmp_path: Path) -> None:
-    """A bundle whose rule needs embeddings but whose graph has none: warn, use the confidence threshold."""
+def test_old_exports_without_embedding_fall_back_to_the_msp_rule(oos_bundle: Path, tmp_path: Path) -> None:
+    """A bundle whose rule needs embeddings but whose graph has none: warn, use the msp rule of the same fit."""
     import onnx
 
     from distilintent.core.bundle import update_bundle
@@ -215,14 +255,34 @@ def test_old_exports_without_embedding_fall_back_to_confidence(oos_bundle: Path,
         (root / "onnx/model.onnx").unlink()
         onnx.save(model, str(root / "onnx/model.onnx"))
         manifest["ood"] = {**manifest["ood"], "method": "mahalanobis"}
-        manifest["calibration"]["fallback_threshold"] = 0.5
         return manifest
 
     update_bundle(path, old_style)
     with pytest.warns(UserWarning, match="no 'sentence_embedding' output"):
         detector = IntentDetector(path)
-    assert detector.ood_method == "msp" and detector.fallback_threshold == 0.5
+    msp = Bundle.open(path).manifest["ood"]["validation"]["msp"]
+    assert detector.ood_method == "msp" and detector.ood_threshold == msp["threshold"]
     assert detector.detect("hello friend").intent == "greet"
+
+
+def test_a_bundle_from_before_the_one_rule_keeps_its_confidence_threshold(oos_bundle: Path, tmp_path: Path) -> None:
+    """Only ``calibration.fallback_threshold`` (no ``ood``): a minimum confidence, compared as stored."""
+    from distilintent.core.bundle import update_bundle
+    from distilintent.sdk import IntentDetector
+
+    path = shutil.copytree(oos_bundle, tmp_path / "bundle")
+
+    def legacy(root: Path, manifest: dict) -> dict:
+        manifest.pop("ood")
+        manifest["calibration"]["fallback_threshold"] = 0.999999
+        return manifest
+
+    update_bundle(path, legacy)
+    with IntentDetector(path) as detector:
+        assert (detector.ood_method, detector.fallback_threshold) == ("msp", 0.999999)
+        result = detector.detect("hello friend")
+        assert result.is_fallback == (result.confidence < 0.999999)
+        assert result.ranking[0][0] == "greet"
 
 
 def test_calibrate_refits_the_rule_and_keeps_statistics(oos_bundle: Path, tmp_path: Path) -> None:
@@ -240,15 +300,16 @@ def test_calibrate_refits_the_rule_and_keeps_statistics(oos_bundle: Path, tmp_pa
     assert Bundle.open(path).read_bytes(STATS_FILE) == stats_before
 
 
-def test_calibrate_without_a_validation_split_uses_the_stored_sample(oos_bundle: Path, tmp_path: Path) -> None:
-    from distilintent.training.calibration import recalibrate_bundle
+def test_calibrate_without_a_validation_split_holds_out_what_training_held_out(oos_bundle: Path,
+                                                                              tmp_path: Path) -> None:
+    from distilintent.evaluation import recalibrate_bundle
 
     path = shutil.copytree(oos_bundle, tmp_path / "bundle")
-    stored = Bundle.open(path).read_bytes("samples/validation.jsonl").decode().splitlines()
-    train_only = [e for e in toy_examples({**TOY_TEMPLATES, **OOS_TEMPLATES}, repeat=1)]
-    result = recalibrate_bundle(path, [type(e)(e.text, e.label, "train") for e in train_only])
-    assert result["ood"]["examples"] == len(stored)
-    assert Bundle.open(path).manifest["ood"]["method"] == result["ood"]["method"]
+    held_out = Bundle.open(path).manifest["data"]["counts"]["validation"]
+    result = recalibrate_bundle(path, toy_examples({**TOY_TEMPLATES, **OOS_TEMPLATES}, repeat=3))  # training's data
+    assert result["ood"]["examples"] == held_out == 40  # 25 % of the 30 texts of each of the 5 intents
+    assert result["fitted_on"] == {"variant": "onnx-fp32", "split": "held out of train"}
+    assert Bundle.open(path).manifest["ood"] == result["ood"]
 
 
 @pytest.mark.parametrize("method", ["msp", "energy", "mahalanobis", "cosine"])
@@ -258,11 +319,10 @@ def test_every_stored_method_is_applied_by_the_sdk(oos_bundle: Path, tmp_path: P
     from distilintent.sdk import IntentDetector
 
     path = shutil.copytree(oos_bundle, tmp_path / "bundle")
+    stats = ClassStatistics.from_bytes(Bundle.open(path).read_bytes(STATS_FILE), len(TOY_TEMPLATES) + 1)
     with IntentDetector(path) as probe:
-        probe.ood_method = method
-        probe._ood_stats = probe._ood_stats or ClassStatistics.from_bytes(
-            Bundle.open(path).read_bytes(STATS_FILE), len(probe.labels))
-        score = float(probe._scores(*probe._outputs_of(["hello friend"], 1))[0])
+        rule = FallbackRule(method, None, probe.temperature, probe.labels.index("oos"), stats)
+        score = float(rule.scores(*probe.outputs(["hello friend"]))[0])
 
     def set_rule(root: Path, manifest: dict) -> dict:
         manifest["ood"] = {**manifest["ood"], "method": method, "threshold": score - 1e-6, "stats": STATS_FILE}

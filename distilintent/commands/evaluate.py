@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distilintent.demo import resolve_data_path
-    from distilintent.training.evaluate import evaluate_bundle
+    from distilintent.evaluation import evaluate_bundle
 
     split = None if args.split == "all" else args.split
     report = evaluate_bundle(args.model, resolve_data_path(args.data), split=split, out_dir=args.out,

@@ -1,4 +1,4 @@
-"""Classification metrics, calibration and fallback thresholds in numpy (no scikit-learn needed)."""
+"""Classification metrics and confidence calibration in numpy (no scikit-learn needed)."""
 
 from __future__ import annotations
 
@@ -117,17 +117,3 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
             b = low + ratio * (high - low)
             fb = nll(b)
     return float(np.exp((low + high) / 2))
-
-
-def choose_fallback_threshold(
-    confidences: np.ndarray,
-    correct: np.ndarray,
-    is_oos: np.ndarray | None = None,
-    in_scope_coverage: float = 0.97,
-) -> dict[str, Any]:
-    """The top confidence under which a prediction becomes the fallback (see
-    :func:`distilintent.core.ood.choose_ood_threshold`, of which this is the ``msp`` case)."""
-    from distilintent.core.ood import choose_ood_threshold
-
-    choice = choose_ood_threshold(-np.asarray(confidences, dtype=np.float64), correct, is_oos, in_scope_coverage)
-    return {**choice, "threshold": -choice["threshold"]}

@@ -220,11 +220,3 @@ def choose_ood_threshold(
     return {"threshold": float(thresholds[best]), "criterion": "max in_scope_accuracy + oos_recall",
             "in_scope_accuracy": float(in_scope_accuracy[best]), "oos_recall": float(oos_recall[best]),
             "score": float(score[best])}
-
-
-def fallback_mask(ood: np.ndarray, threshold: float | None, predicted: np.ndarray, oos_index: int) -> np.ndarray:
-    """True where a prediction becomes the fallback: out-of-scope class predicted or score over the threshold."""
-    mask = np.asarray(predicted) == oos_index if oos_index >= 0 else np.zeros(len(ood), dtype=bool)
-    if threshold is not None:
-        mask = mask | (np.asarray(ood) > threshold)
-    return mask

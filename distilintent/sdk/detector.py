@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,15 +16,8 @@ import numpy as np
 
 from distilintent.core.bundle import Bundle, Variant
 from distilintent.core.errors import BundleError
+from distilintent.core.fallback import FallbackRule
 from distilintent.core.metrics import softmax
-from distilintent.core.ood import (
-    EMBEDDING_METHODS,
-    OOD_METHODS,
-    STATS_FILE,
-    ClassStatistics,
-    load_statistics,
-    ood_scores,
-)
 from distilintent.core.results import IntentResult
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import Runtime, load_runtime
@@ -43,19 +35,18 @@ class IntentDetector:
             ``"openvino"`` or ``"onnxruntime"``.
         precision: ``"auto"``, ``"int8"`` or ``"fp32"``.
         threads: inference threads (``None``: the runtime's default, one per core).
-        fallback_threshold: a top confidence under it gives the fallback intent (this replaces the
-            bundle's rule); ``None`` takes the bundle's calibrated out-of-scope rule (``ood`` in the
-            manifest: a score such as the Mahalanobis distance and its threshold), else its confidence
-            threshold (``calibration.fallback_threshold``), if any.
+        fallback_threshold: a top calibrated confidence under it gives the fallback intent (this
+            replaces the bundle's rule); ``None`` takes the bundle's calibrated out-of-scope rule (``ood``
+            in the manifest: a score such as the Mahalanobis distance and its threshold).
         fallback_intent: the intent name of fallback results (Rasa's ``nlu_fallback``).
         top_k: length of each result's ranking (``None``: all labels).
         openvino_shapes: ``"static"`` pads OpenVINO inputs to compiled static-shape buckets (faster at
             batch 1 here); ``"dynamic"`` runs every call on the dynamic-shape model. Ignored by ONNX Runtime.
 
-    A result is a fallback when its out-of-scope score is over the threshold (for ``msp``: the top
-    temperature-calibrated confidence is under ``fallback_threshold``) or when the top label is the
-    bundle's out-of-scope label (``oos_label``); its ranking stays the model's. ``ood_method`` and
-    ``ood_threshold`` tell which rule is in force. Thread-safe; usable as a context manager.
+    A result is a fallback when ``fallback_rule`` (:class:`distilintent.core.fallback.FallbackRule`) says
+    so: its out-of-scope score is over the threshold, or the top label is the bundle's out-of-scope label
+    (``oos_label``); its ranking stays the model's. ``ood_method`` and ``ood_threshold`` tell which rule
+    is in force. Thread-safe; usable as a context manager.
     """
 
     def __init__(
@@ -89,17 +80,32 @@ class IntentDetector:
             max_length=self.max_length, threads=threads, pad_id=self._encoder.pad_token_id,
             num_labels=len(self.labels), source=str(bundle.path / self.variant.file), openvino_shapes=openvino_shapes,
         )
-        self.temperature = float(bundle.calibration.get("temperature") or 1.0)
-        self.fallback_threshold: float | None = None
-        self.ood_method = "msp"
-        self.ood_threshold: float | None = None
-        self._ood_stats: ClassStatistics | None = None
-        self._set_fallback_rule(bundle, fallback_threshold)
+        rule = FallbackRule.from_bundle(bundle, has_embedding=self._runtime.has_embedding,
+                                        where=f"{bundle.path} ({self.variant.name})")
+        self.fallback_rule: FallbackRule = rule if fallback_threshold is None else rule.with_confidence(
+            fallback_threshold)
+        self.temperature = self.fallback_rule.temperature
         self.fallback_intent = fallback_intent
         self.top_k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
-        oos = bundle.oos_label
-        self._oos_index = self.labels.index(oos) if oos in self.labels else -1
         self._labels_array = np.asarray(self.labels, dtype=object)
+
+    @property
+    def ood_method(self) -> str:
+        """The out-of-scope score of the fallback rule (``msp``, ``energy``, ``mahalanobis`` or ``cosine``)."""
+        return self.fallback_rule.method
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """The score over which a result falls back (None: only the out-of-scope label does)."""
+        return self.fallback_rule.threshold
+
+    @property
+    def fallback_threshold(self) -> float | None:
+        """The minimum confidence of an ``msp`` rule (None for the other scores)."""
+        rule = self.fallback_rule
+        if rule.min_confidence is not None:
+            return rule.min_confidence
+        return None if rule.method != "msp" or rule.threshold is None else 1.0 - rule.threshold
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -185,34 +191,6 @@ class IntentDetector:
 
     # -- internals -----------------------------------------------------------------------------------
 
-    def _set_fallback_rule(self, bundle: Bundle, fallback_threshold: float | None) -> None:
-        """The user's confidence threshold, else the bundle's out-of-scope rule, else its confidence threshold."""
-        if fallback_threshold is not None:
-            self.fallback_threshold = float(fallback_threshold)
-            self.ood_threshold = 1.0 - self.fallback_threshold
-            return
-        rule = bundle.manifest.get("ood") or {}
-        method = rule.get("method")
-        if method in OOD_METHODS and rule.get("threshold") is not None:
-            usable = method not in EMBEDDING_METHODS or (self._runtime is not None and self._runtime.has_embedding)
-            if usable and method in EMBEDDING_METHODS:
-                self._ood_stats = load_statistics(bundle, rule.get("stats") or STATS_FILE)
-                if self._ood_stats is None:
-                    raise BundleError(f"{bundle.path}: the {method} out-of-scope rule needs {rule.get('stats')}, "
-                                      "which the bundle does not list")
-            if usable:
-                self.ood_method, self.ood_threshold = method, float(rule["threshold"])
-                if method == "msp":
-                    self.fallback_threshold = 1.0 - self.ood_threshold
-                return
-            warnings.warn(f"{bundle.path}: variant {self.variant.name} has no 'sentence_embedding' output for the "
-                          f"{method} out-of-scope score (re-export the bundle); using the confidence threshold",
-                          stacklevel=3)
-        threshold = bundle.calibration.get("fallback_threshold")
-        if threshold is not None:
-            self.fallback_threshold = float(threshold)
-            self.ood_threshold = 1.0 - self.fallback_threshold
-
     def _run_runtime(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray | None]:
         runtime = self._runtime
         if runtime is None:
@@ -235,25 +213,20 @@ class IntentDetector:
         return logits, embeddings
 
     def _scores(self, logits: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
-        return ood_scores(self.ood_method, logits, embeddings, temperature=self.temperature,
-                          stats=self._ood_stats, oos_index=self._oos_index)
+        return self.fallback_rule.scores(logits, embeddings)
 
     def _results(self, texts: Sequence[str], logits: np.ndarray, embeddings: np.ndarray | None) -> list[IntentResult]:
+        probs = softmax(logits, self.temperature)  # one softmax for the batch
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
+        top_probs = np.take_along_axis(probs, order, axis=1)
         scores = self._scores(logits, embeddings)
+        falls_back = self.fallback_rule.mask(scores, order[:, 0], top_probs[:, 0])
+        names = self._labels_array[order]
         results = []
-        for text, row, score in zip(texts, logits, scores, strict=True):
-            probs = softmax(row, self.temperature)
-            order = np.argsort(-probs, kind="stable")[: self.top_k]
-            top = int(order[0])
-            confidence = float(probs[top])
-            ranking = tuple(zip(self._labels_array[order].tolist(), probs[order].tolist(), strict=True))
-            if self.ood_method == "msp":  # compared as the user gave it (no 1 - x rounding)
-                out_of_scope = self.fallback_threshold is not None and confidence < self.fallback_threshold
-            else:
-                out_of_scope = self.ood_threshold is not None and float(score) > self.ood_threshold
-            is_fallback = top == self._oos_index or out_of_scope
-            intent = self.fallback_intent if is_fallback else self.labels[top]
-            results.append(IntentResult(text, intent, confidence, ranking, is_fallback, float(score)))
+        for i, text in enumerate(texts):
+            ranking = tuple(zip(names[i].tolist(), top_probs[i].tolist(), strict=True))
+            intent = self.fallback_intent if falls_back[i] else ranking[0][0]
+            results.append(IntentResult(text, intent, ranking[0][1], ranking, bool(falls_back[i]), float(scores[i])))
         return results
 
     def _empty_result(self, text: str) -> IntentResult:

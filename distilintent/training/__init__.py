@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
         return export_bundle
     if name == "evaluate_bundle":
-        from distilintent.training.evaluate import evaluate_bundle
+        from distilintent.evaluation import evaluate_bundle
 
         return evaluate_bundle
     raise AttributeError(name)

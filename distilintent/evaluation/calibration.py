@@ -1,4 +1,7 @@
-"""Confidence calibration and the fallback threshold, fitted on validation data and stored in the bundle."""
+"""Confidence calibration and the fallback rule, fitted on validation data and stored in the bundle.
+
+numpy work on a bundle's outputs: ``distilintent calibrate`` needs no torch for an exported bundle.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from distilintent.core.bundle import Bundle, update_bundle
-from distilintent.core.data import Example, load_examples
+from distilintent.core.data import Example, load_examples, split_examples
 from distilintent.core.errors import DataError
-from distilintent.core.metrics import choose_fallback_threshold, expected_calibration_error, fit_temperature, softmax
+from distilintent.core.metrics import expected_calibration_error, fit_temperature, softmax
 from distilintent.core.ood import (
     EMBEDDING_METHODS,
     OOD_METHODS,
@@ -23,6 +26,7 @@ from distilintent.core.ood import (
     load_statistics,
     ood_scores,
 )
+from distilintent.evaluation.outputs import bundle_outputs
 
 # Chosen by measurement (benchmarks/results/sweep.md: CLINC150 trained without its out-of-scope class,
 # 3 seeds, best test AUROC every time): used when validation data has no
@@ -30,38 +34,20 @@ from distilintent.core.ood import (
 DEFAULT_OOD_METHOD = "mahalanobis"
 
 
-def calibrate(
-    logits: np.ndarray,
-    truth: Sequence[str],
-    labels: Sequence[str],
-    oos_label: str | None = None,
-    in_scope_coverage: float = 0.97,
-) -> dict[str, Any]:
-    """Temperature scaling (NLL-optimal on these examples) and the fallback threshold.
-
-    Examples whose label the model does not know are ignored for the temperature. With out-of-scope
-    examples (``oos_label``) the threshold maximises in-scope accuracy + out-of-scope recall; without,
-    it keeps ``in_scope_coverage`` of the predictions above it.
-    """
+def calibrate(logits: np.ndarray, truth: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Temperature scaling, NLL-optimal on these examples (those whose label the model does not know,
+    such as out-of-scope texts of a model without an out-of-scope class, are left out)."""
     index = {label: position for position, label in enumerate(labels)}
     targets = np.asarray([index.get(label, -1) for label in truth])
     known = targets >= 0
     temperature = fit_temperature(logits[known], targets[known]) if known.sum() >= 10 else 1.0
-    probs = softmax(logits, temperature)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == targets
-    is_oos = np.asarray([label == oos_label for label in truth]) if oos_label else np.zeros(len(truth), bool)
-    choice = choose_fallback_threshold(confidence, correct, is_oos if is_oos.any() else None, in_scope_coverage)
-    raw = softmax(logits)
+    raw, scaled = softmax(logits[known]), softmax(logits[known], temperature)
     return {
         "method": "temperature scaling on the validation split",
         "temperature": temperature,
-        "fallback_threshold": choice["threshold"],
-        "threshold_criterion": choice["criterion"],
-        "ece_before": expected_calibration_error(raw.max(axis=1), raw.argmax(axis=1) == targets),
-        "ece_after": expected_calibration_error(confidence, correct),
+        "ece_before": expected_calibration_error(raw.max(axis=1), raw.argmax(axis=1) == targets[known]),
+        "ece_after": expected_calibration_error(scaled.max(axis=1), scaled.argmax(axis=1) == targets[known]),
         "examples": len(truth),
-        "oos_label": oos_label if oos_label in index else None,
     }
 
 
@@ -77,7 +63,7 @@ def fit_ood_rule(
     in_scope_coverage: float = 0.97,
     method: str = "auto",
 ) -> dict[str, Any]:
-    """The out-of-scope rule stored as ``ood`` in the manifest: a score and its fallback threshold.
+    """The fallback rule stored as ``ood`` in the manifest: a score and its threshold.
 
     Every score is measured on the validation examples; with out-of-scope examples among them,
     ``auto`` keeps the score whose best threshold gives the highest in-scope accuracy + out-of-scope
@@ -89,8 +75,7 @@ def fit_ood_rule(
     index = {label: position for position, label in enumerate(labels)}
     oos_index = index.get(oos_label, -1) if oos_label else -1
     targets = np.asarray([index.get(label, -1) for label in truth])
-    predicted = np.asarray(logits).argmax(axis=1)
-    correct = predicted == targets
+    correct = np.asarray(logits).argmax(axis=1) == targets
     is_oos = np.asarray([label == oos_label for label in truth]) if oos_label else np.zeros(len(truth), bool)
     available = [name for name in OOD_METHODS
                  if name not in EMBEDDING_METHODS or (embeddings is not None and stats is not None)]
@@ -119,44 +104,65 @@ def fit_ood_rule(
     }
 
 
+def fit_fallback(
+    logits: np.ndarray,
+    embeddings: np.ndarray | None,
+    truth: Sequence[str],
+    labels: Sequence[str],
+    *,
+    stats: ClassStatistics | None,
+    oos_label: str | None = None,
+    in_scope_coverage: float = 0.97,
+    method: str = "auto",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest's ``calibration`` (the temperature) and ``ood`` (the fallback rule), fitted on
+    validation outputs: what training writes and ``distilintent calibrate`` refits."""
+    calibration = calibrate(logits, truth, labels)
+    ood = fit_ood_rule(logits, embeddings, truth, labels, temperature=calibration["temperature"], stats=stats,
+                       oos_label=oos_label, in_scope_coverage=in_scope_coverage, method=method)
+    return calibration, ood
+
+
 def recalibrate_bundle(
     bundle_path: str | Path,
     data: str | Path | Sequence[Example],
     split: str | None = "validation",
-    backend: str = "torch",
+    backend: str = "auto",
     in_scope_coverage: float | None = None,
 ) -> dict[str, Any]:
-    """Refit temperature, confidence threshold and out-of-scope rule of a bundle on labelled data and
-    store them in its manifest. Without a ``validation`` split in the data, the validation sample that
-    training stored in the bundle is used. The class statistics of the distance scores stay those of training; a
-    bundle without them (trained by an older version) gets them from the data's ``train`` split."""
-    from distilintent.training.evaluate import bundle_outputs
+    """Refit the temperature and the fallback rule of a bundle on labelled data, in its manifest.
 
+    ``backend="auto"`` uses the outputs of the variant the SDK serves (no torch). Data without a
+    ``validation`` split gets the stratified hold-out training makes (the manifest's seed and
+    fraction: on the training data, exactly the texts training held out). The class statistics of the
+    distance scores stay those of training; a bundle without them (trained by an older version) gets
+    them from the data's training examples.
+    """
     bundle = Bundle.open(bundle_path)
     examples = load_examples(data) if isinstance(data, (str, Path)) else list(data)
-    chosen = [example for example in examples if split is None or example.split == split]
-    if not chosen and split == "validation":  # e.g. BANKING77: training held validation out of train
-        from distilintent.training.export import _read_sample
-
-        chosen = [Example(row["text"], row["label"], "validation") for row in _read_sample(bundle, "validation")]
-    if not chosen:
-        raise DataError(f"no examples in split {split!r} to calibrate on (and the bundle stores no validation "
-                        "sample)")
     training = bundle.manifest.get("training") or {}
+    chosen = [example for example in examples if split is None or example.split == split]
+    held_out = False
+    if not chosen and split == "validation":  # e.g. BANKING77: training held validation out of train
+        splits = split_examples(examples, float(training.get("validation_fraction", 0.1)),
+                                int(training.get("seed", 42)))
+        chosen, held_out = splits.validation, True
+    if not chosen:
+        raise DataError(f"no examples in split {split!r} to calibrate on")
     oos_label = bundle.oos_label or training.get("oos_label")
     coverage = in_scope_coverage or training.get("in_scope_coverage", 0.97)
-    logits, embeddings, _ = bundle_outputs(bundle.path, [example.text for example in chosen], backend)
+    outputs = bundle_outputs(bundle.path, [example.text for example in chosen], backend)
     truth = [example.label for example in chosen]
-    calibration = calibrate(logits, truth, bundle.labels, oos_label, coverage)
-    stats = load_statistics(bundle)
-    new_stats = None
-    held_out = {example.text for example in chosen}
-    train_examples = [example for example in examples if example.split == "train" and example.text not in held_out]
-    if stats is None and train_examples and embeddings is not None:  # a bundle trained before the distance scores
-        stats = new_stats = _fit_statistics(bundle, train_examples, oos_label)
-    ood = fit_ood_rule(logits, embeddings, truth, bundle.labels, temperature=calibration["temperature"],
-                       stats=stats, oos_label=oos_label, in_scope_coverage=coverage,
-                       method=training.get("ood_method", "auto"))
+    stats, new_stats = load_statistics(bundle), None
+    if stats is None and outputs.embeddings is not None:  # a bundle trained before the distance scores
+        texts = {example.text for example in chosen}
+        train = [example for example in examples if example.split in (None, "", "train") and example.text not in texts]
+        if train:
+            stats = new_stats = _fit_statistics(bundle, train, oos_label, backend)
+    calibration, ood = fit_fallback(outputs.logits, outputs.embeddings, truth, bundle.labels, stats=stats,
+                                    oos_label=oos_label, in_scope_coverage=coverage,
+                                    method=training.get("ood_method", "auto"))
+    calibration["fitted_on"] = {"variant": outputs.variant, "split": "held out of train" if held_out else split}
 
     def store(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         manifest["calibration"] = calibration
@@ -170,11 +176,10 @@ def recalibrate_bundle(
     return {**calibration, "ood": ood}
 
 
-def _fit_statistics(bundle: Bundle, train_examples: Sequence[Example], oos_label: str | None) -> ClassStatistics:
-    from distilintent.training.inference import TorchPredictor
-
+def _fit_statistics(bundle: Bundle, train: Sequence[Example], oos_label: str | None,
+                    backend: str) -> ClassStatistics:
     index = {label: position for position, label in enumerate(bundle.labels)}
-    known = [example for example in train_examples if example.label in index]
-    _, embeddings = TorchPredictor.from_bundle(bundle).outputs([example.text for example in known])
+    known = [example for example in train if example.label in index]
+    embeddings = bundle_outputs(bundle.path, [example.text for example in known], backend).embeddings
     targets = np.asarray([index[example.label] for example in known])
     return ClassStatistics.fit(embeddings, targets, exclude=[index[oos_label]] if oos_label in index else [])
