@@ -13,7 +13,6 @@ Writes ``<name>.json`` and ``<name>.md`` into ``--out`` and exits 1 if a result 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import sys
@@ -27,8 +26,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distilintent.bench import runner  # noqa: E402
-from distilintent.bench.runner import load_average, machine, percentiles, read_texts  # noqa: E402
+from distilintent.bench.runner import read_texts  # noqa: E402
+from distilintent.bench.scripts import machine_summary, script_parser, write_report  # noqa: E402
+from distilintent.bench.timing import percentiles  # noqa: E402
 from distilintent.core.bundle import Bundle  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
 
@@ -114,10 +114,7 @@ def soak(detector: IntentDetector, texts: list[str], expected: dict[str, Any], c
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--data", type=Path, help="JSONL/CSV with a text field, or one text per line")
-    parser.add_argument("--split", help="only rows of this split (e.g. validation)")
+    parser = script_parser(__doc__, "sdk_soak")
     parser.add_argument("--texts", type=int, default=300, help="distinct texts to cycle through (default 300)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--precision", default="auto")
@@ -126,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="concurrency phase duration (default 10)")
     parser.add_argument("--calls", type=int, default=100_000, help="soak calls after warm-up (default 100,000)")
     parser.add_argument("--warmup", type=int, default=2_000, help="calls before the RSS baseline (default 2,000)")
-    parser.add_argument("--max-rss-growth-pct", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--name", default="sdk_soak", help="file name stem of the results (default sdk_soak)")
     args = parser.parse_args(argv)
 
     bundle = Bundle.open(args.bundle)
@@ -145,10 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "sdk_soak", "date": started, "bundle": str(args.bundle), "variant": detector.variant.name,
         "texts": len(texts), "text_source": source, "intra_threads": args.intra_threads,
         "max_rss_growth_pct": args.max_rss_growth_pct, "passed": ok,
-        "concurrency": threaded, "soak": soaked, "machine": machine(), "load_average_after": load_average(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "concurrency": threaded, "soak": soaked,
     }
-    runner.write_report(report, to_markdown(report), args.out, args.name)
+    write_report(report, to_markdown, args.out, args.name)
     return 0 if ok else 1
 
 
@@ -158,7 +151,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         f"# SDK soak: {Path(report['bundle']).name} ({report['variant']})",
         "",
-        runner.machine_summary(report),
+        machine_summary(report),
         f"`{report['command']}`",
         "",
         "| check | result |",

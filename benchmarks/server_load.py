@@ -43,9 +43,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distilintent.bench import runner  # noqa: E402
-from distilintent.bench.runner import load_average, machine, percentiles, read_texts  # noqa: E402
+from distilintent.bench.runner import read_texts  # noqa: E402
+from distilintent.bench.scripts import machine_summary, script_parser, write_report  # noqa: E402
 from distilintent.bench.servers import free_port, process_tree  # noqa: E402
+from distilintent.bench.timing import percentiles  # noqa: E402
 from distilintent.core.bundle import Bundle  # noqa: E402
 
 FALLBACK = "nlu_fallback"
@@ -277,10 +278,7 @@ def final_checks(server: Server, valid: set[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--data", type=Path, help="JSONL/CSV with a text field (default: the bundle's samples)")
-    parser.add_argument("--split", help="only rows of this split")
+    parser = script_parser(__doc__, "server_load")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
     parser.add_argument("--requests", type=int, default=20_000, help="parse requests in all (default 20,000)")
     parser.add_argument("--warmup", type=int, default=1000,
@@ -288,9 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s (default 30)")
     parser.add_argument("--health-interval", type=float, default=0.1, help="s between /health polls")
     parser.add_argument("--disconnects", type=int, default=100, help="clients that abort mid-request")
-    parser.add_argument("--max-rss-growth-pct", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--name", default="server_load", help="file name stem of the results")
     parser.add_argument("--serve-args", default="", help="options for distilintent serve, e.g. '--threads 1'")
     args = parser.parse_args(argv)
     serve_args = shlex.split(args.serve_args)
@@ -342,8 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         "server_exit_code": exit_code,
         "server_log_errors": [line for line in log_lines if "Traceback" in line or " ERROR " in line][:10],
         "server_log_lines": len(log_lines), "server_log_tail": log_lines[-40:],
-        "machine": machine(), "load_average_after": load_average(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     report["passed"] = bool(
         loaded["errors"] == 0 and loaded["answered"] == args.requests and result["health"]["failures"] == 0
@@ -351,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         and rss["growth_pct"] < args.max_rss_growth_pct and not report["server_log_errors"]
     )
     report["max_rss_growth_pct"] = args.max_rss_growth_pct
-    runner.write_report(report, to_markdown(report), args.out, args.name)
+    write_report(report, to_markdown, args.out, args.name)
     return 0 if report["passed"] else 1
 
 
@@ -366,7 +359,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join([
         f"# Server load: {Path(report['bundle']).name} ({report['variant']})",
         "",
-        f"{runner.machine_summary(report)}. Client and server share these CPUs.",
+        f"{machine_summary(report)}. Client and server share these CPUs.",
         f"`{report['command']}` (serve options: {' '.join(report['serve_args']) or 'defaults'}; "
         f"bundle created {report['bundle_created_at']}, manifest sha256 {str(report['bundle_fingerprint'])[:12]})",
         "",

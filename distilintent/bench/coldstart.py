@@ -4,7 +4,7 @@
 
 KIND is ``sdk``, ``torch`` or ``pipeline``; THREADS is ``0`` for the runtime's default; SHAPES is
 ``dynamic`` for an OpenVINO row without static buckets, else ``static`` or ``-``. Prints one JSON
-line. Run by :func:`distilintent.bench.runner.cold_start`.
+line. Run by :func:`distilintent.bench.timing.cold_start`.
 """
 
 import time

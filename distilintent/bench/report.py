@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distilintent.bench.results import like_for_like
+
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and value != value):
@@ -23,6 +25,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     libraries = info.get("libraries", {})
     sizes = [str(size) for size in settings["batch_sizes"]]
     threads = settings["threads"] if isinstance(settings["threads"], list) else [settings["threads"]]
+    sized = any("size_mb" in entry for entry in report["rows"].values())  # SDK rows: the variant's files on disk
     lines = [
         f"# distilintent bench: {Path(report['bundle']).name}",
         "",
@@ -47,8 +50,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "to static-shape buckets (the SDK's default); `-dynamic` rows run the dynamic-shape model unpadded.",
         "",
         "| row | p50 ms | p90 ms | p99 ms | p50 × | p99 × | " + " | ".join(f"texts/s @{s}" for s in sizes)
-        + f" | × @{sizes[-1]} | cold start s | peak RSS MB |",
-        "|---|" + "---:|" * (8 + len(sizes)),
+        + f" | × @{sizes[-1]} | cold start s | peak RSS MB |" + (" size MB |" if sized else ""),
+        "|---|" + "---:|" * (8 + len(sizes) + sized),
     ]
     for name, entry in report["rows"].items():
         latency = entry["latency_batch1"]
@@ -62,7 +65,19 @@ def to_markdown(report: dict[str, Any]) -> str:
             + " | ".join(_fmt(throughput.get(s), ',.0f') for s in sizes)
             + f" | {_fmt((speedup.get('throughput') or {}).get(sizes[-1]), '.1f', '×')} | "
             f"{_fmt(cold.get('cold_start_s'), '.2f')} | {_fmt(cold.get('peak_rss_mb'), '.0f')} |"
+            + (f" {_fmt(entry.get('size_mb'), '.1f')} |" if sized else "")
         )
+    pairs = like_for_like(report["rows"])
+    if pairs:
+        lines += ["", "## Like for like", "",
+                  "Ratios of the medians and p99s above, between rows of this run at the same thread count that "
+                  "differ in one thing: SDK FP32 rows against the FP32 pipeline and plain torch FP32 (`runtime`), "
+                  "and INT8 rows against the FP32 row of the same runtime and shapes (`precision`). Latency: "
+                  "the other row's ÷ this row's (above 1: this row is faster); throughput: this row's ÷ the other's.",
+                  "", f"| row | against | differs | p50 × | p99 × | texts/s × @{sizes[-1]} |",
+                  "|---|---|---|---:|---:|---:|"]
+        lines += [f"| {pair['row']} | {pair['against']} | {pair['differs']} | {pair['p50']:.2f}× | "
+                  f"{pair['p99']:.2f}× | {_fmt(pair['throughput'].get(sizes[-1]), '.2f', '×')} |" for pair in pairs]
     seq_lens = [str(length) for length in settings.get("seq_lens") or []]
     if seq_lens:
         lines += ["", f"## Batch-1 latency by sequence length ({settings['runs_per_seq_len']} timed calls per row "

@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distilintent.bench.report import to_markdown, write_outputs
-    from distilintent.bench.runner import Settings, run_bench
+    from distilintent.bench.rows import Settings
+    from distilintent.bench.runner import run_bench
 
     if (args.runs < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_texts < 1 or args.cold_start_repeats < 0
             or args.seq_len_runs < 1):
