@@ -35,7 +35,8 @@ from distilintent.sdk import IntentDetector
 need_module("starlette")
 need_module("uvicorn")
 
-from distilintent.plugin.server import create_app  # noqa: E402
+from distilintent.server import create_app  # noqa: E402
+from distilintent.server.protocol import parse_answer, parse_intent_shortcut  # noqa: E402
 
 FALLBACK = "nlu_fallback"
 MEGABYTE_TEXT = "book a flight to Paris 🙂 שלום e\u0301 " * (1_000_000 // 34)
@@ -72,21 +73,27 @@ def check_result(result: IntentResult, detector: IntentDetector, text: str) -> N
     assert result.intent in (*detector.labels, detector.fallback_intent)
     assert result.is_fallback == (result.intent == detector.fallback_intent)
     check_probability(result.confidence)
-    assert all(name in detector.labels for name, _ in result.ranking)
     for _, confidence in result.ranking:
         check_probability(confidence)
     json.loads(result.to_json())  # serialisable
+    if not text or text.isspace():
+        assert (result.intent, result.confidence, result.ranking) == (detector.fallback_intent, 0.0, ())
+        return
+    # the full ranking of a softmax: every label once, best first, summing to 1; the result is its top entry
+    assert sorted(name for name, _ in result.ranking) == sorted(detector.labels)
+    confidences = [confidence for _, confidence in result.ranking]
+    assert confidences == sorted(confidences, reverse=True)
+    assert math.fsum(confidences) == pytest.approx(1.0, abs=1e-5)
+    assert result.confidence == result.ranking[0][1]
+    assert result.intent == (detector.fallback_intent if result.is_fallback else result.ranking[0][0])
 
 
-def check_answer(answer: dict[str, Any], labels: tuple[str, ...], text: str) -> None:
-    """A valid Rasa parse answer for ``text`` (lone surrogates come back as U+FFFD)."""
+def check_answer(answer: dict[str, Any], expected: IntentResult | dict[str, Any], text: str) -> None:
+    """The server's answer for ``text`` is ``expected``, the SDK's result for the text the server classifies
+    (lone surrogates replaced by U+FFFD), or the shortcut answer; confidences survive JSON exactly."""
     assert set(answer) == {"text", "intent", "entities", "intent_ranking"}
-    assert answer["text"] == valid_unicode(text)
-    assert answer["intent"]["name"] in (*labels, FALLBACK)
-    check_probability(float(answer["intent"]["confidence"]))
-    for item in answer["intent_ranking"]:
-        assert item["name"] in labels
-        check_probability(float(item["confidence"]))
+    assert answer["text"] == (valid_unicode(text) if isinstance(expected, IntentResult) else expected["text"])
+    assert answer == (parse_answer(expected) if isinstance(expected, IntentResult) else expected)
 
 
 # -- SDK -----------------------------------------------------------------------------------------------
@@ -276,7 +283,7 @@ def check_error(response: httpx.Response, code: int) -> None:
 def test_parse_any_unicode_text(big_server: httpx.Client, detector: IntentDetector, text: str) -> None:
     response = post_json(big_server, "/model/parse", {"text": text})
     assert response.status_code == 200, response.text
-    check_answer(response.json(), detector.labels, text)
+    check_answer(response.json(), detector.detect(valid_unicode(text)), text)
     if valid_unicode(text) == text:  # raw UTF-8 too
         raw = big_server.post("/model/parse", content=json.dumps({"text": text}, ensure_ascii=False).encode())
         assert raw.status_code == 200 and raw.json() == response.json()
@@ -284,12 +291,13 @@ def test_parse_any_unicode_text(big_server: httpx.Client, detector: IntentDetect
 
 @settings(max_examples=80, deadline=None)
 @given(text=any_text.map(lambda text: "/" + text))
-def test_parse_shortcut_like_texts(default_server: httpx.Client, text: str) -> None:
+def test_parse_shortcut_like_texts(default_server: httpx.Client, detector: IntentDetector, text: str) -> None:
     response = post_json(default_server, "/model/parse", {"text": text})
     assert response.status_code == 200, response.text
     answer = response.json()
     check_probability(float(answer["intent"]["confidence"]))
-    assert isinstance(answer["intent"]["name"], str) and answer["intent"]["name"]
+    shortcut = parse_intent_shortcut(valid_unicode(text))
+    check_answer(answer, detector.detect(valid_unicode(text)) if shortcut is None else shortcut, text)
 
 
 @FAST
@@ -306,7 +314,7 @@ def test_parse_wrong_json_types_are_400(big_server: httpx.Client, detector: Inte
         message_id is None or isinstance(message_id, (str, int))
     ):
         assert response.status_code == 200, response.text
-        check_answer(response.json(), detector.labels, body["text"])
+        check_answer(response.json(), detector.detect(valid_unicode(body["text"])), body["text"])
     else:
         check_error(response, 400)
 
@@ -320,25 +328,29 @@ def test_parse_batch_wrong_json_types_are_400(big_server: httpx.Client, detector
     if isinstance(texts, list) and all(isinstance(text, str) for text in texts):
         assert response.status_code == 200, response.text
         results = response.json()["results"]
+        expected = detector.detect_batch([valid_unicode(text) for text in texts])  # the server's batches
         assert len(results) == len(texts)
-        for text, answer in zip(texts, results, strict=True):
-            check_answer(answer, detector.labels, text)
+        for text, answer, result in zip(texts, results, expected, strict=True):
+            check_answer(answer, result, text)
     else:
         check_error(response, 400)
 
 
 @settings(max_examples=60, deadline=None)
 @given(content=st.binary(max_size=64))
-def test_parse_arbitrary_bytes(big_server: httpx.Client, content: bytes) -> None:
+def test_parse_arbitrary_bytes(big_server: httpx.Client, detector: IntentDetector, content: bytes) -> None:
     response = big_server.post("/model/parse", content=content)
     try:
-        valid = isinstance(json.loads(content), dict) and isinstance(json.loads(content).get("text"), str)
+        body = json.loads(content)
     except (ValueError, RecursionError):
-        valid = False
+        body = None
+    valid = (isinstance(body, dict) and isinstance(body.get("text"), str)
+             and (body.get("message_id") is None or isinstance(body["message_id"], (str, int))))
     if not valid:
         check_error(response, 400)
     else:
-        assert response.status_code in (200, 400)
+        assert response.status_code == 200, response.text
+        check_answer(response.json(), detector.detect(valid_unicode(body["text"])), body["text"])
 
 
 @pytest.mark.parametrize(
@@ -358,14 +370,14 @@ def test_one_megabyte_text_on_the_server(big_server: httpx.Client, default_serve
     check_error(post_json(default_server, "/model/parse", {"text": MEGABYTE_TEXT}), 413)
     response = big_server.post("/model/parse", json={"text": MEGABYTE_TEXT})  # raw UTF-8: 1.2 MB < 2 MiB
     assert response.status_code == 200, response.text
-    check_answer(response.json(), detector.labels, MEGABYTE_TEXT)
+    check_answer(response.json(), detector.detect(MEGABYTE_TEXT), MEGABYTE_TEXT)
 
 
 def test_batches_of_0_1_and_10000_texts_on_the_server(big_server: httpx.Client, default_server: httpx.Client,
                                                       detector: IntentDetector) -> None:
     assert post_json(default_server, "/model/parse/batch", {"texts": []}).json() == {"results": []}
     [answer] = post_json(default_server, "/model/parse/batch", {"texts": ["\ud800 hi"]}).json()["results"]
-    check_answer(answer, detector.labels, "\ud800 hi")
+    check_answer(answer, detector.detect_batch(["\ufffd hi"])[0], "\ud800 hi")
     texts = [SPECIAL[i % len(SPECIAL)] + f" n{i}" for i in range(10_000)]
     check_error(post_json(default_server, "/model/parse/batch", {"texts": texts[:300]}), 400)  # max_batch 256
     check_error(post_json(default_server, "/model/parse/batch", {"texts": texts}), 413)  # 64 KiB
@@ -373,5 +385,6 @@ def test_batches_of_0_1_and_10000_texts_on_the_server(big_server: httpx.Client, 
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == 10_000
-    for text, answer in zip(texts, results, strict=True):
-        check_answer(answer, detector.labels, text)
+    expected = detector.detect_batch([valid_unicode(text) for text in texts])
+    for text, answer, result in zip(texts, results, expected, strict=True):
+        check_answer(answer, result, text)

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, TINY_LABELS, make_onnx_bundle
+from conftest import TINY_LABELS, make_onnx_bundle
 from needs import need_module
-from servers import free_port, running
+from servers import running, serve_process, wait_for, worker_pids
 
 need_module("starlette")
 need_module("uvicorn")
 
-from distilintent.plugin.server import create_app, model_fingerprint  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
+from distilintent.server import create_app  # noqa: E402
+from distilintent.server.service import model_fingerprint  # noqa: E402
 
 TOKEN = "reload-s3cret"
 OTHER_LABELS = ("yes", "no", "maybe")
@@ -194,37 +191,6 @@ def test_a_server_given_a_detector_object_has_nothing_to_reload(bundles: dict[st
         assert detector.detect("hello").intent  # not closed
 
 
-@contextlib.contextmanager
-def serve(serving: Path, log: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``distilintent serve`` in a subprocess; yields it and its URL once it answers, stops it with SIGINT."""
-    port = free_port()
-    with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "distilintent", "serve", "--model", str(serving),
-                                    "--port", str(port), "--no-access-log", *args],
-                                   cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(process, log, lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, "the server")
-        yield process, url
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-    assert process.returncode == 0, log.read_text()
-
-
-def wait_for(process: subprocess.Popen, log: Path, condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()}"
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-
-
 def status(url: str) -> dict:
     return httpx.get(f"{url}/status", timeout=5).json()
 
@@ -233,7 +199,7 @@ def status(url: str) -> dict:
 def test_sighup_reloads_distilintent_serve(bundles: dict[str, Path], tmp_path: Path) -> None:
     serving, log = tmp_path / "serving", tmp_path / "serve.log"
     install(bundles["a"], serving)
-    with serve(serving, log) as (process, url):
+    with serve_process(serving, log=log) as (url, process):
         first = status(url)["model"]
         install(bundles["b"], serving)
         process.send_signal(signal.SIGHUP)
@@ -245,6 +211,7 @@ def test_sighup_reloads_distilintent_serve(bundles: dict[str, Path], tmp_path: P
         wait_for(process, log, lambda: "SIGHUP: the bundle was not reloaded" in log.read_text(), "the failed reload")
         assert status(url)["model"]["reloads"] == 1
         assert labels_of(httpx.post(f"{url}/model/parse", json={"text": "yes"}).json()) == set(OTHER_LABELS)
+    assert process.returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text()
 
 
@@ -253,19 +220,31 @@ def test_sighup_to_the_parent_replaces_every_worker(bundles: dict[str, Path], tm
     """With --workers 2, uvicorn restarts the workers one by one; a bad bundle aborts that, the old ones serve."""
     serving, log = tmp_path / "serving", tmp_path / "serve.log"
     install(bundles["a"], serving)
-    with serve(serving, log, "--workers", "2") as (process, url):
-        first_pids = {status(url)["pid"] for _ in range(20)}
+    with serve_process(serving, "--workers", "2", log=log) as (url, process):
+        first_workers = worker_pids(process.pid)
+        assert len(first_workers) == 2 and {status(url)["pid"] for _ in range(20)} <= first_workers
 
-        def all_workers_serve(labels: int) -> bool:
-            seen = [status(url) for _ in range(20)]
-            return all(answer["num_labels"] == labels and answer["pid"] not in first_pids for answer in seen)
+        def restarted() -> bool:  # the old workers are stopped only once their replacements serve
+            workers = worker_pids(process.pid)
+            return len(workers) == 2 and workers.isdisjoint(first_workers)
 
         install(bundles["b"], serving)
         process.send_signal(signal.SIGHUP)
-        wait_for(process, log, lambda: all_workers_serve(3), "both workers to serve the new bundle")
-        wait_for(process, log, lambda: log.read_text().count("Application startup complete") == 4, "the restart")
+        wait_for(process, log, restarted, "both workers to be replaced")
+        workers = worker_pids(process.pid)
+        answers = [status(url) for _ in range(20)]
+        assert all(answer["num_labels"] == 3 and answer["pid"] in workers for answer in answers)
         corrupt(serving)
+        seen: set[int] = set()
+
+        def aborted() -> bool:  # a new worker was started, failed on the bundle and is gone; the old ones serve
+            current = worker_pids(process.pid)
+            seen.update(current - workers)
+            return bool(seen) and current == workers
+
         process.send_signal(signal.SIGHUP)
-        wait_for(process, log, lambda: "aborting the restart" in log.read_text(), "the aborted restart")
-        answers = [httpx.post(f"{url}/model/parse", json={"text": "yes"}) for _ in range(20)]
-        assert all(labels_of(answer.json()) == set(OTHER_LABELS) for answer in answers)
+        wait_for(process, log, aborted, "the failed worker of the aborted restart")
+        parsed = [httpx.post(f"{url}/model/parse", json={"text": "yes"}) for _ in range(20)]
+        assert all(labels_of(answer.json()) == set(OTHER_LABELS) for answer in parsed)
+        assert {status(url)["pid"] for _ in range(20)} <= workers
+    assert process.returncode == 0, log.read_text()

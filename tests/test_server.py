@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TINY_LABELS
+from conftest import REPO, TINY_LABELS
 from needs import need_module
 from servers import running
 
 need_module("starlette")
 need_module("uvicorn")
 
-from distilintent.plugin.server import create_app, parse_intent_shortcut  # noqa: E402
 from distilintent.sdk import IntentDetector  # noqa: E402
+from distilintent.server import create_app  # noqa: E402
+from distilintent.server.protocol import parse_intent_shortcut  # noqa: E402
 
 TOKEN = "s3cret-token"
 
@@ -167,22 +170,39 @@ def test_token_in_body_or_query(token_url: str) -> None:
     assert httpx.get(f"{token_url}/health").json() == {"status": "ok"}
 
 
-def test_status_and_health(open_url: str, detector: IntentDetector) -> None:
-    assert httpx.get(f"{open_url}/health").json() == {"status": "ok"}
-    before = httpx.get(f"{open_url}/status").json()
-    httpx.post(f"{open_url}/model/parse", json={"text": "hi"})
-    httpx.post(f"{open_url}/model/parse", content=b"nope")
-    status = httpx.get(f"{open_url}/status").json()
+def test_status_and_health(detector: IntentDetector) -> None:
+    """A server of its own, so that the counters are exact: each request is counted before its client sees it."""
+    with running(create_app(detector)) as url:
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+        httpx.post(f"{url}/model/parse", json={"text": "hi"})
+        httpx.post(f"{url}/model/parse", content=b"nope")
+        httpx.post(f"{url}/model/parse", json={"text": "/greet"})  # a shortcut: no text classified
+        httpx.get(f"{url}/no/such/route")
+        status = httpx.get(f"{url}/status").json()
     assert status["labels"] == list(detector.labels)
     assert status["num_labels"] == len(TINY_LABELS)
     assert status["variant"] == detector.variant.name
     assert status["model"]["max_length"] == detector.max_length
     assert (status["ood_method"], status["ood_threshold"]) == (detector.ood_method, detector.ood_threshold)
+    assert (status["fallback_threshold"], status["fallback_intent"]) == (detector.fallback_threshold, "nlu_fallback")
     requests = status["requests"]
-    assert requests["total"] >= before["requests"]["total"] + 3
-    assert requests["by_path"]["/model/parse"] >= before["requests"]["by_path"].get("/model/parse", 0) + 2
-    assert requests["by_status"]["400"] >= 1
-    assert requests["texts_classified"] >= before["requests"]["texts_classified"] + 1
+    assert requests["total"] == 5  # not this /status request: its answer is being written
+    assert requests["by_path"] == {"(other)": 1, "/health": 1, "/model/parse": 3}
+    assert requests["by_status"] == {"200": 3, "400": 1, "404": 1}
+    assert requests["texts_classified"] == 1
+
+
+def test_status_shows_the_detectors_fallback_rule() -> None:
+    class Rule:
+        def describe(self) -> dict:
+            return {"method": "msp", "threshold": 0.4}
+
+    detector = _FakeDetector()
+    detector.fallback_rule = Rule()
+    with running(create_app(detector)) as url:
+        status = httpx.get(f"{url}/status").json()
+    assert status["fallback_rule"] == {"method": "msp", "threshold": 0.4}
+    assert status["labels"] == ["a", "b"] and status["model"]["fingerprint"] is None  # no manifest
 
 
 def test_unknown_routes_and_methods_are_json_errors(open_url: str) -> None:
@@ -235,21 +255,33 @@ def test_a_model_failure_is_a_500_without_details_and_the_server_lives_on(
     assert any("secret internal detail" in str(record.exc_info) for record in caplog.records)
 
 
+ACCESS_LINE = re.compile(r'127\.0\.0\.1 "(?P<request>[A-Z]+ \S+)" (?P<status>\d{3}) \d+\.\dms')
+
+
 def test_access_log_has_one_line_per_request_without_the_text(
-    open_url: str, caplog: pytest.LogCaptureFixture
+    detector: IntentDetector, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="distilintent.server.access"):
-        httpx.post(f"{open_url}/model/parse", json={"text": "private words"})
-        httpx.get(f"{open_url}/health")
-        deadline = time.monotonic() + 5  # the line is written once the response is sent
-        while time.monotonic() < deadline:
-            lines = [r.getMessage() for r in caplog.records if r.name == "distilintent.server.access"]
-            if any('"GET /health" 200' in line for line in lines):
-                break
-            time.sleep(0.02)
-    assert any('"POST /model/parse" 200' in line for line in lines)
-    assert any('"GET /health" 200' in line for line in lines)
-    assert not any("private" in line for line in lines)
+    """The server's own line per request; all are written once the server has stopped (it waits for them)."""
+    with caplog.at_level(logging.INFO, logger="distilintent.server.access"), running(create_app(detector)) as url:
+        httpx.post(f"{url}/model/parse", json={"text": "private words"})
+        httpx.post(f"{url}/model/parse?token=secret-query", json={"text": 42})
+        httpx.get(f"{url}/health")
+    lines = [record.getMessage() for record in caplog.records if record.name == "distilintent.server.access"]
+    matches = [ACCESS_LINE.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert [(m["request"], m["status"]) for m in matches] == [
+        ("POST /model/parse", "200"), ("POST /model/parse", "400"), ("GET /health", "200")]
+    assert not any("private" in line or "secret" in line for line in lines)
+
+
+def test_the_server_imports_neither_torch_nor_rasa_nor_the_plugin(bundle: Path) -> None:
+    code = ("import sys\n"
+            "from distilintent.server import create_app\n"
+            f"create_app({str(bundle)!r})\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'rasa', 'distilintent.plugin') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_create_app_from_a_path_owns_and_closes_its_detector(bundle: Path) -> None:

@@ -1,5 +1,6 @@
-"""``distilintent serve``: the Rasa-compatible NLU server (see :mod:`distilintent.plugin.server`).
+"""``distilintent serve``: the Rasa-compatible NLU server (see :mod:`distilintent.server`).
 
+The token comes from ``$DISTILINTENT_TOKEN``; ``--token`` works too but shows in ``ps`` (a warning says so).
 ``kill -HUP <pid>`` reloads the bundle from ``--model`` without dropping a request (``POST /model/reload``
 does the same for one worker); with ``--workers N`` uvicorn then replaces the workers one by one.
 """
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 HELP = "serve a bundle over HTTP with Rasa's /model/parse protocol (needs the [server] extra)"
+TOKEN_VARIABLE = "DISTILINTENT_TOKEN"
+TOKEN_WARNING = (f"distilintent serve: warning: a --token on the command line is visible to every user of this "
+                 f"machine (ps, /proc); set ${TOKEN_VARIABLE} instead")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1; use 0.0.0.0 only behind a firewall or proxy)")
     parser.add_argument("--port", type=int, default=5006, help="port (default 5006)")
-    parser.add_argument("--token", default=os.environ.get("DISTILINTENT_TOKEN"),
-                        help="require this token (Rasa's endpoints.yml nlu: token); default: $DISTILINTENT_TOKEN")
+    parser.add_argument("--token", default=None,
+                        help=f"require this token (Rasa's endpoints.yml nlu: token). Prefer setting ${TOKEN_VARIABLE}, "
+                             f"the default: a token on the command line shows in ps")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes (default 1); SIGHUP to the server process reloads the bundle in all")
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024,
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn", "server", "distilintent serve")
     require("starlette", "server", "distilintent serve")
     from distilintent.core.bundle import Bundle
-    from distilintent.plugin import server
+    from distilintent.server.app import ENV_PREFIX
 
     for name in ("workers", "max_body_bytes", "max_batch"):
         if getattr(args, name) < 1:
@@ -51,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     Bundle.open(args.model)  # fail here, with the bundle's own message, rather than in every worker
     settings = {
         "MODEL": os.path.abspath(args.model),
-        "TOKEN": args.token or "",
+        "TOKEN": token(args) or "",
         "MAX_BODY_BYTES": args.max_body_bytes,
         "MAX_BATCH": args.max_batch,
         "BACKEND": args.backend,
@@ -61,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
         "INTENT_SHORTCUTS": "0" if args.no_intent_shortcuts else "1",
     }
     for key, value in settings.items():
-        os.environ[server.ENV_PREFIX + key] = str(value)
+        os.environ[ENV_PREFIX + key] = str(value)
     log_config = _log_config(args.log_level, access=not args.no_access_log)
     uvicorn.run(
-        "distilintent.plugin.server:create_app_from_env",
+        "distilintent.server:create_app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
@@ -75,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def token(args: argparse.Namespace) -> str | None:
+    """``--token``, with a warning on stderr (it shows in ``ps``), else ``$DISTILINTENT_TOKEN``."""
+    if args.token is not None:
+        print(TOKEN_WARNING, file=sys.stderr, flush=True)
+        return args.token
+    return os.environ.get(TOKEN_VARIABLE)
 
 
 def _log_config(level: str, access: bool) -> dict:

@@ -1,10 +1,10 @@
-"""Rasa integration: the ``DistilIntentClassifier`` NLU component and the ``/model/parse`` server.
+"""Rasa integration: the ``DistilIntentClassifier`` NLU component and the custom actions.
 
 Importing this package imports no Rasa: ``DistilIntentClassifier`` is loaded on first access, so that
 ``- name: distilintent.plugin.DistilIntentClassifier`` in a Rasa ``config.yml`` and
-``from distilintent.plugin import DistilIntentClassifier`` both work inside Rasa, while the server
-(:mod:`distilintent.plugin.server`) runs without it. The class lives in
-:mod:`distilintent.plugin.component`, the module path Rasa records in trained models.
+``from distilintent.plugin import DistilIntentClassifier`` both work inside Rasa, and nothing else pays
+for Rasa. The class lives in :mod:`distilintent.plugin.component`, the module path Rasa records in
+trained models.
 """
 
 from __future__ import annotations
