@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
   $PY -c "import torch, transformers, onnx, onnxruntime, tokenizers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'onnx', onnx.__version__, 'ort', onnxruntime.__version__)"
   # smoke: one epoch on the demo data, so that an incompatibility shows in seconds
   $PY -m distilintent train --data demo --output /tmp/smoke --base .device/minilm-fp16 --epochs 1 --max-length 16 \
-      --precision fp32 --no-progress --json | head -c 400 || { echo "SMOKE FAILED"; exit 1; }
+      --dtype fp32 --no-progress --json | head -c 400 || { echo "SMOKE FAILED"; exit 1; }
   echo
   $PY benchmarks/sweep.py --grid "${GRID:-benchmarks/sweep_grid.json}" --data clinc150=.device/data/clinc150.jsonl \
       --data banking77=.device/data/banking77.jsonl --data clinc150noos=.device/data/clinc150-noos.jsonl --base .device/minilm-fp16 --out /tmp/sweep \

@@ -24,7 +24,8 @@ def row_cells(row: dict[str, Any]) -> list[str]:
     validation = summary["metrics"].get("validation", {})
     after = test.get("with_fallback") or {}
     aurocs = test.get("ood_scores") or {}
-    options = {key: value for key, value in row["options"].items() if key not in ("base", "threads", "precision")}
+    hidden = ("base", "threads", "dtype", "precision")  # "precision": the training dtype of older sweeps
+    options = {key: value for key, value in row["options"].items() if key not in hidden}
     return [
         row["name"], json.dumps(options) if options else "defaults", str(summary["epochs_run"]),
         pct(validation.get("accuracy")), pct(test.get("in_scope_accuracy", test.get("accuracy"))),

@@ -59,8 +59,77 @@ def test_unknown_hub_name_fails_fast_offline() -> None:
     code = "from distilintent.training.model import load_base; load_base('no-such-org/no-such-model')"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "cannot load a DistilBERT checkpoint (the hub is offline: pass a local directory)" in result.stderr
+    assert ("--base no-such-org/no-such-model: cannot get the Hugging Face checkpoint (the hub is offline and it "
+            "is not in the local cache: pass a local directory)") in result.stderr
     assert time.monotonic() - started < 60
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _cache_on_hub(hf_home: Path, repo_id: str, files: Path) -> Path:
+    """``files`` as the cached snapshot of ``repo_id`` in a Hugging Face cache (the layout huggingface_hub reads)."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(files, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return repo / "snapshots" / COMMIT
+
+
+@pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "hf"
+
+
+def test_hub_bert_name_is_mapped_exactly_onto_distilbert(hf_home: Path, tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    from distilintent.training.model import bert_to_distilbert
+
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    bert = BertModel(config).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    shutil.copy(minilm_path() / "tokenizer.json", tmp_path / "bert" / "tokenizer.json")
+    _cache_on_hub(hf_home, "tiny-org/tiny-bert", tmp_path / "bert")
+
+    base = load_base("tiny-org/tiny-bert")
+    assert base.info["name"] == "tiny-org/tiny-bert"
+    assert base.info["source"] == f"Hugging Face hub tiny-org/tiny-bert@{COMMIT}, BERT mapped onto DistilBERT"
+    expected = bert_to_distilbert(bert.state_dict(), 2)
+    got = base.encoder.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+    ids, mask = (torch.from_numpy(a) for a in TextEncoder.from_str(base.tokenizer_json, 16).encode(SENTENCES))
+    with torch.no_grad():
+        reference = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        mapped = base.encoder.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (reference - mapped)[mask.bool()].abs().max().item() < 1e-5
+
+
+def test_hub_distilbert_name_loads_and_other_model_types_fail(hf_home: Path, tiny_base: Path, tmp_path: Path) -> None:
+    import json
+
+    from distilintent.training.model import load_distilbert_directory
+
+    _cache_on_hub(hf_home, "tiny-org/tiny-distilbert", tiny_base)
+    base = load_base("tiny-org/tiny-distilbert")
+    assert base.info["source"] == f"Hugging Face hub tiny-org/tiny-distilbert@{COMMIT}"
+    expected = load_distilbert_directory(tiny_base).encoder.state_dict()
+    got = base.encoder.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[key], expected[key]) for key in expected)
+
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    (roberta / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    _cache_on_hub(hf_home, "tiny-org/tiny-roberta", roberta)
+    with pytest.raises(DistilIntentError, match=r"--base tiny-org/tiny-roberta: model_type 'roberta' in .* is not "
+                                                r"supported; use a BERT \(model_type bert\) or DistilBERT"):
+        load_base("tiny-org/tiny-roberta")
 
 
 def test_missing_local_directory() -> None:

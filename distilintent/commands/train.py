@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training data: .yml/.yaml (Rasa NLU), .csv or .jsonl; 'demo' for the bundled demo")
     parser.add_argument("--output", "-o", default="model", help="bundle directory to write (default: ./model)")
     parser.add_argument("--config", help="JSON/YAML file of training options (flags override it)")
-    parser.add_argument("--base", help="minilm (default), a Hugging Face DistilBERT name or path, a local BERT "
-                                       "directory (mapped onto DistilBERT), or a bundle to continue from")
+    parser.add_argument("--base", help="minilm (default), a Hugging Face BERT (mapped exactly onto DistilBERT) or "
+                                       "DistilBERT hub name or directory, or a bundle to continue from")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="out-of-scope score of the fallback rule (default auto: chosen on validation data)")
     parser.add_argument("--oos-label", help="out-of-scope label in the data (default: oos)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "xpu"])
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"],
+                        help="compute dtype of training (default auto: bf16 where the hardware has it, else fp32)")
+    parser.add_argument("--precision", help=argparse.SUPPRESS)  # renamed --dtype: refused with the new name
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--ipex", action="store_true", default=None, help="use ipex.optimize (needs [ipex])")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         "base": args.base, "epochs": args.epochs, "batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "max_length": args.max_length, "device": args.device,
-        "precision": args.precision, "seed": args.seed, "threads": args.threads, "ipex": args.ipex,
+        "dtype": args.dtype, "precision": args.precision, "seed": args.seed, "threads": args.threads, "ipex": args.ipex,
         "label_smoothing": args.label_smoothing, "oos_label": args.oos_label,
         "layer_lr_decay": args.layer_lr_decay, "rdrop_alpha": args.rdrop_alpha, "ood_method": args.ood_method,
     }

@@ -1,20 +1,25 @@
 """Resumable training checkpoints in safetensors + JSON (no pickle).
 
-A checkpoint directory holds ``model.safetensors`` (current weights), ``best.safetensors`` (best
-weights so far), ``optimizer.safetensors`` + the optimiser's param groups, and ``state.json`` (where
-training stands). It is written to a temporary directory and renamed, so a kill never leaves half of one.
+A checkpoint directory holds ``state.json`` (where training stands, the optimiser's param groups, and
+the names of the checkpoint's tensor files) and the files it names: current weights, best weights so
+far and the optimiser's tensors, each named with the checkpoint's own tag. A save writes the new tensor
+files beside the old ones, then replaces ``state.json`` atomically (``os.replace``), then deletes what
+the new state no longer names. So ``state.json``, once there, always describes a complete checkpoint:
+a kill at any moment, or a reader polling the directory during a save, sees the previous one or the new one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from distilintent.core.errors import DistilIntentError
 
 STATE_FILE = "state.json"
 
@@ -30,27 +35,28 @@ def save_checkpoint(
     best_state: dict[str, torch.Tensor] | None,
     state: dict[str, Any],
 ) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
-    if best_state is not None:
-        save_file(_cpu(best_state), str(tmp / "best.safetensors"))
+    """Write a checkpoint into ``directory``; ``state.json`` is replaced last, in one atomic step."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
     optimizer_state = optimizer.state_dict()
     tensors = {
-        f"{index}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
-        for index, entry in optimizer_state["state"].items()
-        for name, value in entry.items()
+        "model": _cpu(model.state_dict()),
+        "best": _cpu(best_state) if best_state is not None else None,
+        "optimizer": _cpu({f"{index}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
+                           for index, entry in optimizer_state["state"].items() for name, value in entry.items()}),
     }
-    save_file(_cpu(tensors), str(tmp / "optimizer.safetensors"))
-    payload = {**state, "optimizer_param_groups": optimizer_state["param_groups"]}
-    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.rename(directory, old)
-    os.rename(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    files = {}
+    for kind, values in tensors.items():
+        if values is not None:
+            files[kind] = f"{kind}.{tag}.safetensors"
+            save_file(values, str(directory / files[kind]))
+    payload = {**state, "optimizer_param_groups": optimizer_state["param_groups"], "files": files}
+    pending = directory / f"{STATE_FILE}.{tag}.tmp"
+    pending.write_text(json.dumps(payload, indent=1))
+    os.replace(pending, directory / STATE_FILE)
+    for path in directory.iterdir():  # the previous checkpoint's files, and leftovers of interrupted saves
+        if path.name != STATE_FILE and path.name not in files.values():
+            path.unlink(missing_ok=True)
 
 
 def load_checkpoint(
@@ -58,20 +64,20 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Restore model and optimiser in place; return the saved training state and the best weights."""
     state = json.loads((directory / STATE_FILE).read_text())
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    files = state.pop("files", None)
+    if not isinstance(files, dict) or "model" not in files or "optimizer" not in files:
+        raise DistilIntentError(f"checkpoint {directory} is of an older distilintent (its {STATE_FILE} names no "
+                                "files); rerun without --resume (or delete it) to start over")
+    model.load_state_dict(load_file(str(directory / files["model"])))
     entries: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(directory / "optimizer.safetensors")).items():
+    for key, value in load_file(str(directory / files["optimizer"])).items():
         index, name = key.split(".", 1)
         entries.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": state.pop("optimizer_param_groups")})
-    best_path = directory / "best.safetensors"
-    best = load_file(str(best_path)) if best_path.exists() else None
+    best = load_file(str(directory / files["best"])) if "best" in files else None
     return state, best
 
 
 def find_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint to resume from (a completed ``.old`` one if a swap was interrupted)."""
-    for candidate in (directory, directory.with_name(directory.name + ".old")):
-        if (candidate / STATE_FILE).is_file():
-            return candidate
-    return None
+    """The checkpoint directory to resume from, if a checkpoint was completed there."""
+    return directory if (directory / STATE_FILE).is_file() else None

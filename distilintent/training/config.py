@@ -14,8 +14,8 @@ from distilintent.core.errors import DataError
 class TrainConfig:
     """Every knob of a training run (the defaults are the recommended settings).
 
-    base: ``minilm`` (all-MiniLM-L6-v2 as a 384-wide DistilBERT), a Hugging Face DistilBERT name or
-        directory, or a distilintent bundle to continue from.
+    base: ``minilm`` (all-MiniLM-L6-v2 as a 384-wide DistilBERT), a Hugging Face BERT (mapped exactly onto
+        DistilBERT) or DistilBERT hub name or directory, or a distilintent bundle to continue from.
     epochs / batch_size / learning_rate / warmup_ratio / weight_decay: AdamW with linear warm-up
         over ``warmup_ratio`` of the steps, then linear decay to 0.
     max_length: tokens per text; longer texts are truncated (training and serving alike).
@@ -36,7 +36,8 @@ class TrainConfig:
     ood_method: the out-of-scope score of the fallback rule: ``auto`` (chosen on validation data when it
         has out-of-scope examples, else ``mahalanobis``), ``msp``, ``energy``, ``mahalanobis`` or ``cosine``
         (see :mod:`distilintent.core.ood`).
-    device / precision: ``auto`` picks xpu → cuda → cpu, and bf16 autocast where the hardware has it.
+    device / dtype: ``auto`` picks xpu → cuda → cpu, and bf16 autocast where the hardware has it (``fp32``,
+        ``bf16``: the compute dtype of training; ``precision`` names the int8/fp32 serving variants elsewhere).
     threads: torch intra-op threads on CPU (None = torch's default).
     ipex: apply ``ipex.optimize`` (needs the ``[ipex]`` extra).
     """
@@ -63,7 +64,7 @@ class TrainConfig:
     in_scope_coverage: float = 0.97
     ood_method: str = "auto"
     device: str = "auto"
-    precision: str = "auto"
+    dtype: str = "auto"
     threads: int | None = None
     ipex: bool = False
 
@@ -80,7 +81,7 @@ class TrainConfig:
             (0 <= self.validation_fraction < 1, "validation_fraction must be in [0, 1)"),
             (self.pooling in ("mean", "cls"), "pooling must be 'mean' or 'cls'"),
             (self.device in ("auto", "cpu", "cuda", "xpu"), "device must be auto, cpu, cuda or xpu"),
-            (self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16"),
+            (self.dtype in ("auto", "fp32", "bf16"), "dtype must be auto, fp32 or bf16"),
             (0 < self.in_scope_coverage <= 1, "in_scope_coverage must be in (0, 1]"),
             (0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]"),
             (self.rdrop_alpha >= 0, "rdrop_alpha must be >= 0"),
@@ -110,6 +111,10 @@ class TrainConfig:
 
     def updated(self, values: dict[str, Any], source: str = "options") -> TrainConfig:
         """A copy with ``values`` applied; unknown keys are an error (None values are ignored)."""
+        if values.get("precision") is not None:
+            raise DataError(f"{source}: the training option 'precision' (--precision) is now 'dtype' (--dtype: auto, "
+                            "fp32 or bf16); 'precision' names the int8/fp32 variant in detect, serve and evaluate")
+        values = {key: value for key, value in values.items() if key != "precision"}
         known = {field.name for field in fields(self)}
         unknown = sorted(set(values) - known)
         if unknown:

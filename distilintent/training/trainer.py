@@ -22,15 +22,15 @@ import torch.nn.functional as F
 
 from distilintent.core.data import Example, Splits, fingerprint, load_examples, split_examples
 from distilintent.core.errors import DistilIntentError
+from distilintent.core.fallback import FallbackRule
 from distilintent.core.metrics import softmax
 from distilintent.core.ood import ClassStatistics
 from distilintent.core.tokenization import TextEncoder
+from distilintent.evaluation import fit_fallback, report_from_logits
 from distilintent.training.bundle_writer import write_model_bundle
-from distilintent.training.calibration import calibrate, fit_ood_rule
 from distilintent.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from distilintent.training.config import TrainConfig
-from distilintent.training.device import autocast, maybe_ipex, resolve_device, resolve_precision
-from distilintent.training.evaluate import report_from_logits
+from distilintent.training.device import autocast, maybe_ipex, resolve_device, resolve_dtype
 from distilintent.training.inference import TorchPredictor
 from distilintent.training.model import IntentModel, load_base
 
@@ -151,7 +151,7 @@ class _Run:
         self.base_info = base.info
         self.encoder = TextEncoder.from_str(base.tokenizer_json, config.max_length)
         self.device = resolve_device(config.device, dist.local_rank)
-        self.dtype = resolve_precision(config.precision, self.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         torch.manual_seed(config.seed)  # the head's initialisation
         self.model = IntentModel(base.encoder, len(self.labels), config.head_hidden, config.dropout,
                                  config.head_activation, config.pooling).to(self.device)
@@ -269,7 +269,7 @@ class _Run:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise DistilIntentError(f"training diverged (loss {value}) at step {step}; "
-                                        "lower --learning-rate or use --precision fp32")
+                                        "lower --learning-rate or use --dtype fp32")
             running = value if running is None else 0.95 * running + 0.05 * value
             seen += len(rows)
             bar.update(1)
@@ -314,7 +314,7 @@ class _Run:
     # -- checkpoints --------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         config = self.config.to_dict()
-        for volatile in ("epochs", "device", "precision", "threads", "checkpoint_every", "early_stopping_patience"):
+        for volatile in ("epochs", "device", "dtype", "threads", "checkpoint_every", "early_stopping_patience"):
             config.pop(volatile)
         return {"config": config, "train_fingerprint": fingerprint(self.splits.train), "world": self.dist.world}
 
@@ -337,28 +337,28 @@ class _Run:
     def write_bundle(self, fit_metrics: dict[str, Any], source: str, data_fingerprint: str) -> Path:
         config = self.config
         oos = config.oos_label if config.oos_label in self.label_index else None
-        calibration: dict[str, Any] = {"temperature": 1.0, "fallback_threshold": None}
+        calibration: dict[str, Any] = {"temperature": 1.0}
         metrics: dict[str, Any] = {"training": fit_metrics}
-        ood, stats = None, None
+        ood, stats, rule = None, None, None
         if self.validation:
             predictor = self._predictor()
             logits, embeddings = predictor.outputs_from_ids(self.validation_ids)
             truth = [example.label for example in self.validation]
-            calibration = calibrate(logits, truth, self.labels, config.oos_label, config.in_scope_coverage)
             stats = self._class_statistics(predictor)
-            ood = fit_ood_rule(logits, embeddings, truth, self.labels, temperature=calibration["temperature"],
-                               stats=stats, oos_label=config.oos_label, in_scope_coverage=config.in_scope_coverage,
-                               method=config.ood_method)
+            calibration, ood = fit_fallback(logits, embeddings, truth, self.labels, stats=stats,
+                                            oos_label=config.oos_label, in_scope_coverage=config.in_scope_coverage,
+                                            method=config.ood_method)
+            rule = FallbackRule.from_ood(ood, temperature=calibration["temperature"],
+                                         oos_index=self.label_index.get(config.oos_label, -1), stats=stats)
             metrics["validation"] = _summary(report_from_logits(
-                logits, truth, self.labels, temperature=calibration["temperature"],
-                threshold=calibration["fallback_threshold"], oos_label=config.oos_label, embeddings=embeddings,
-                ood=ood, stats=stats))
+                logits, truth, self.labels, temperature=calibration["temperature"], oos_label=config.oos_label,
+                embeddings=embeddings, stats=stats, rule=rule))
         if self.splits.test:
             test_logits, test_embeddings = self._predictor().outputs([example.text for example in self.splits.test])
             metrics["test"] = _summary(report_from_logits(
                 test_logits, [example.label for example in self.splits.test], self.labels,
-                temperature=calibration["temperature"], threshold=calibration["fallback_threshold"],
-                oos_label=config.oos_label, embeddings=test_embeddings, ood=ood, stats=stats))
+                temperature=calibration["temperature"], oos_label=config.oos_label, embeddings=test_embeddings,
+                stats=stats, rule=rule))
         rng = random.Random(config.seed)
         calibration_samples = rng.sample(self.splits.train, min(MAX_CALIBRATION_SAMPLES, len(self.splits.train)))
         counts = {name: len(getattr(self.splits, name)) for name in ("train", "validation", "test")}
