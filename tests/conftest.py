@@ -21,7 +21,10 @@ TINY_LABELS = ("greet", "goodbye", "book_flight", "weather")
 
 
 def make_tiny_bundle(path: Path, labels=TINY_LABELS, max_length: int = 16, seed: int = 0, dim: int = 32) -> Path:
-    """A randomly initialised 2-layer, 32-wide DistilBERT bundle with the real uncased BERT tokenizer."""
+    """A randomly initialised 2-layer, 32-wide DistilBERT bundle with the real uncased BERT tokenizer.
+
+    Its validation and calibration samples (6 texts) are kept next to it, in ``<path>.samples/``, as
+    training keeps them: a ``shutil.copytree`` of the bundle alone has none."""
     import torch
     from transformers import DistilBertConfig, DistilBertModel
 
@@ -123,17 +126,14 @@ def tiny_train_options(base: Path, **overrides) -> dict:
 
 
 @pytest.fixture(scope="session")
-def exported_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_bundle`` exported once to every variant (onnx/openvino × fp32/int8). Do not modify: copy it.
 
     The random tiny model's top two logits are close, so INT8 may flip a few of its 6 samples: the
     agreement threshold is lowered here; tests/test_export.py checks that the default one is enforced.
     """
-    import shutil
-
     from distilintent.training.export import export_bundle
 
-    path = tmp_path_factory.mktemp("exported") / "tiny"
-    shutil.copytree(tiny_bundle, path)
+    path = make_tiny_bundle(tmp_path_factory.mktemp("exported") / "tiny")  # tiny_bundle's model, with its samples
     export_bundle(path, formats=("onnx", "openvino"), int8=True, min_agreement=0.5)
     return path

@@ -49,6 +49,7 @@ from distilintent.core.errors import BundleError, MissingExtraError
 logger = logging.getLogger(__name__)
 
 BUNDLE_DIR = "bundle"
+LEGACY_SAMPLES = "samples/"  # training texts inside bundles written before they moved next to the bundle
 BACKENDS = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "int8", "fp32")
 # Options handed to distilintent's TrainConfig in train-inside-Rasa mode (None: its default).
@@ -200,6 +201,7 @@ class DistilIntentClassifier(GraphComponent, IntentClassifier):
             logger.warning("%s: the training data has no intent examples; the classifier stays untrained",
                            type(self).__name__)
             return self._resource
+        # The bundle's sibling bundle.samples/ (training texts) stays in the scratch directory, deleted here.
         with tempfile.TemporaryDirectory(prefix="distilintent-rasa-") as scratch:
             bundle = self._train_bundle(examples, Path(scratch) / "bundle")
             self._persist(bundle)
@@ -248,7 +250,10 @@ class DistilIntentClassifier(GraphComponent, IntentClassifier):
         return Bundle.open(result.bundle_path)
 
     def _persist(self, bundle: Bundle) -> None:
-        """Copy the runtime files (no training weights) of the variants matching backend/precision."""
+        """Copy the runtime files (no training weights) of the variants matching backend/precision.
+
+        Only files the manifest lists are copied, so the texts training keeps next to the bundle
+        (``<bundle>.samples/``) never reach the archive; nor do the ``samples/`` of older bundles."""
         variants = {
             name: variant for name, variant in bundle.variants.items()
             if self.config["backend"] in ("auto", variant.backend)
@@ -265,9 +270,10 @@ class DistilIntentClassifier(GraphComponent, IntentClassifier):
         kept_files = {f for v in variants.values() for f in (v.file, v.weights) if f}
         files = {
             relative: digest for relative, digest in bundle.manifest["files"].items()
-            if relative != WEIGHTS_FILE and (relative not in variant_files or relative in kept_files)
+            if relative != WEIGHTS_FILE and not relative.startswith(LEGACY_SAMPLES)
+            and (relative not in variant_files or relative in kept_files)
         }
-        manifest = dict(bundle.manifest)
+        manifest = {key: value for key, value in bundle.manifest.items() if key != "samples"}
         manifest["files"] = files
         manifest["variants"] = {name: bundle.manifest["variants"][name] for name in variants}
         with self._model_storage.write_to(self._resource) as directory:

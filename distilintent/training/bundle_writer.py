@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,9 @@ from typing import Any
 from distilintent.core.bundle import TOKENIZER_FILE, write_bundle
 from distilintent.core.data import Example
 from distilintent.core.ood import STATS_FILE
+from distilintent.core.samples import write_samples
 from distilintent.core.tokenization import TextEncoder
 from distilintent.training.model import IntentModel, save_model_files
-
-SAMPLE_FILES = {"validation": "samples/validation.jsonl", "calibration": "samples/calibration.jsonl"}
 
 
 def write_model_bundle(
@@ -34,8 +32,10 @@ def write_model_bundle(
 ) -> Path:
     """Atomically write weights, tokenizer and manifest.
 
-    ``samples`` (``validation``: held-out labelled texts, ``calibration``: training texts) are stored
-    as JSONL so that export can check parity and calibrate INT8 without the original data file.
+    ``samples`` (``validation``: held-out labelled texts, ``calibration``: training texts) are kept
+    *next to* the bundle, in ``<output>.samples/`` (:mod:`distilintent.core.samples`), never in it: export
+    checks parity and calibrates INT8 on them without the original data file, and what a user deploys
+    (the bundle, a Rasa model archive) holds no training or validation text.
     ``ood`` is the out-of-scope rule and ``ood_stats`` the class statistics its distance scores use.
     """
     encoder_config = model.encoder.config
@@ -43,17 +43,6 @@ def write_model_bundle(
     def build(root: Path) -> dict[str, Any]:
         save_model_files(model, root)
         (root / TOKENIZER_FILE).write_text(encoder.to_str(), encoding="utf-8")
-        stored = {}
-        for name, examples in (samples or {}).items():
-            if not examples:
-                continue
-            path = root / SAMPLE_FILES[name]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", encoding="utf-8") as handle:
-                for example in examples:
-                    handle.write(json.dumps({"text": example.text, "label": example.label}, ensure_ascii=False))
-                    handle.write("\n")
-            stored[name] = SAMPLE_FILES[name]
         if ood_stats is not None:
             (root / STATS_FILE).parent.mkdir(parents=True, exist_ok=True)
             (root / STATS_FILE).write_bytes(ood_stats)
@@ -78,10 +67,12 @@ def write_model_bundle(
             "training": training,
             "data": data or {},
             "metrics": metrics or {},
-            "calibration": calibration or {"temperature": 1.0, "fallback_threshold": None},
+            "calibration": calibration or {"temperature": 1.0},
             "ood": ood,
-            "samples": stored,
             "variants": {},
         }
 
-    return write_bundle(output, build)
+    path = write_bundle(output, build)
+    if samples is not None:
+        write_samples(path, samples)
+    return path
