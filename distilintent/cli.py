@@ -25,10 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"distilintent.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"distilintent.commands.{name}":
-                continue
-            raise
+        except Exception as err:  # a broken install must not make a command vanish from --help
+            raise ImportError(f"the distilintent {name} command cannot be loaded ({type(err).__name__}: {err}); "
+                              "reinstall distilintent") from err
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         sub.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
                          help="show tracebacks and debug logs")

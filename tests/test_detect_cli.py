@@ -57,3 +57,22 @@ def test_errors_are_one_line(tmp_path: Path, tiny_bundle: Path) -> None:
     done = detect("--model", str(tiny_bundle), "hello")
     assert done.returncode == 1 and "run: distilintent export --model" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_every_command_is_listed_and_a_broken_one_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from distilintent import cli
+
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # argparse keeps them here
+    assert tuple(commands) == cli.COMMANDS == ("train", "evaluate", "calibrate", "export", "detect", "serve", "bench")
+    real = importlib.import_module
+
+    def broken(name: str, *args: object) -> object:
+        if name == "distilintent.commands.serve":
+            raise ModuleNotFoundError("No module named 'distilintent.commands.serve'", name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="the distilintent serve command cannot be loaded"):
+        cli.build_parser()

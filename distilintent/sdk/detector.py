@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +81,9 @@ class IntentDetector:
             max_length=self.max_length, threads=threads, pad_id=self._encoder.pad_token_id,
             num_labels=len(self.labels), source=str(bundle.path / self.variant.file), openvino_shapes=openvino_shapes,
         )
-        rule = FallbackRule.from_bundle(bundle, has_embedding=self._runtime.has_embedding,
+        self._has_embedding = bool(self._runtime.has_embedding)
+        self._calls = _CallGate()
+        rule = FallbackRule.from_bundle(bundle, has_embedding=self._has_embedding,
                                         where=f"{bundle.path} ({self.variant.name})")
         self.fallback_rule: FallbackRule = rule if fallback_threshold is None else rule.with_confidence(
             fallback_threshold)
@@ -158,7 +161,7 @@ class IntentDetector:
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Pooled sentence embeddings ``(len(texts), dim)`` from the same pass (e.g. for semantic search)."""
-        if self._runtime is not None and not self._runtime.has_embedding:
+        if not self._has_embedding:
             raise BundleError(f"variant {self.variant.name} was exported without the 'sentence_embedding' output; "
                               "re-export the bundle: distilintent export --model ...")
         embeddings = self.outputs(texts, batch_size)[1]
@@ -174,10 +177,11 @@ class IntentDetector:
         return softmax(self.logits(texts, batch_size), self.temperature)
 
     def close(self) -> None:
-        """Release the runtime; later calls raise ``RuntimeError``."""
-        runtime, self._runtime = self._runtime, None
-        if runtime is not None:
-            runtime.close()
+        """Release the runtime once the calls in progress have finished; later calls raise ``RuntimeError``."""
+        if self._calls.close():
+            runtime, self._runtime = self._runtime, None
+            if runtime is not None:
+                runtime.close()
 
     def __enter__(self) -> IntentDetector:
         return self
@@ -192,10 +196,8 @@ class IntentDetector:
     # -- internals -----------------------------------------------------------------------------------
 
     def _run_runtime(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray | None]:
-        runtime = self._runtime
-        if runtime is None:
-            raise RuntimeError("this IntentDetector is closed")
-        return runtime.run_outputs(ids)
+        with self._calls:
+            return self._runtime.run_outputs(ids)  # type: ignore[union-attr]
 
     def _outputs_of(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         ids = self._encoder.token_ids(texts)
@@ -231,6 +233,36 @@ class IntentDetector:
 
     def _empty_result(self, text: str) -> IntentResult:
         return IntentResult(text, self.fallback_intent, 0.0, (), True)
+
+
+class _CallGate:
+    """Counts the model calls in flight: ``close`` waits for them, and calls after it raise ``RuntimeError``."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    def __enter__(self) -> None:
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("this IntentDetector is closed")
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._condition:
+            self._active -= 1
+            if not self._active:
+                self._condition.notify_all()
+
+    def close(self) -> bool:
+        """Refuse new calls and wait for those in flight; False when already closed."""
+        with self._condition:
+            if self._closed:
+                return False
+            self._closed = True
+            self._condition.wait_for(lambda: not self._active)
+            return True
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

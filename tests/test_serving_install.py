@@ -1,0 +1,90 @@
+"""What ``pip install distilintent`` alone (no torch, transformers or matplotlib) runs on an exported bundle.
+
+Each command runs in a fresh interpreter whose import system refuses the training dependencies, as on
+a machine where they are not installed, and reports which heavy modules were imported.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY_LABELS
+
+HEAVY = ("torch", "transformers", "onnx", "nncf", "matplotlib")
+
+SERVING_INSTALL = f"""
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {HEAVY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+from distilintent import cli
+
+status = cli.main(sys.argv[1:])
+print("heavy modules:", sorted(m for m in sys.modules if m.partition(".")[0] in {HEAVY!r}), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def run_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", SERVING_INSTALL, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    texts = {"greet": ["hello there", "hi", "good morning"], "goodbye": ["bye for now", "see you", "farewell"],
+             "book_flight": ["book a flight to Paris", "a plane ticket", "fly me to Rome"],
+             "weather": ["will it rain tomorrow", "is it sunny", "weather today"]}
+    assert set(texts) == set(TINY_LABELS)
+    rows = [{"text": text, "intent": label, "split": split}
+            for label, group in texts.items() for text in group for split in ("validation", "test")]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_the_blocker_really_refuses_torch() -> None:
+    done = subprocess.run([sys.executable, "-c", SERVING_INSTALL.replace("from distilintent import cli", "import torch")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "No module named 'torch'" in done.stderr
+
+
+def test_evaluate_an_exported_bundle_without_torch(exported_bundle: Path, data: Path) -> None:
+    done = run_without_torch("evaluate", "--model", str(exported_bundle), "--data", str(data), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["n"] == 12 and report["variant"] == "onnx-int8" and report["split"] == "test"
+    assert "heavy modules: []" in done.stderr
+
+
+def test_calibrate_an_exported_bundle_without_torch(exported_bundle: Path, data: Path, tmp_path: Path) -> None:
+    from distilintent.core.bundle import Bundle
+
+    bundle = shutil.copytree(exported_bundle, tmp_path / "bundle")
+    done = run_without_torch("calibrate", "--model", str(bundle), "--data", str(data))
+    assert done.returncode == 0, done.stderr
+    assert "heavy modules: []" in done.stderr
+    manifest = Bundle.open(bundle).manifest
+    assert manifest["calibration"]["fitted_on"] == {"variant": "onnx-int8", "split": "validation"}
+    assert manifest["ood"]["examples"] == 12 and json.loads(done.stdout)["ood"] == manifest["ood"]
+
+
+def test_plots_without_matplotlib_name_the_extra(exported_bundle: Path, data: Path, tmp_path: Path) -> None:
+    done = run_without_torch("evaluate", "--model", str(exported_bundle), "--data", str(data), "--out",
+                             str(tmp_path / "report"))
+    assert done.returncode == 1
+    assert "pip install 'distilintent[plots]'" in done.stderr and not (tmp_path / "report").exists()
+
+
+def test_a_bundle_without_variants_says_torch_is_needed(tiny_bundle: Path, data: Path) -> None:
+    done = run_without_torch("evaluate", "--model", str(tiny_bundle), "--data", str(data))
+    assert done.returncode == 1 and "pip install 'distilintent[train]'" in done.stderr
