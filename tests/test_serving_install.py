@@ -53,8 +53,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_the_blocker_really_refuses_torch() -> None:
-    done = subprocess.run([sys.executable, "-c", SERVING_INSTALL.replace("from distilintent import cli", "import torch")],
-                          capture_output=True, text=True, timeout=120)
+    probe = SERVING_INSTALL.replace("from distilintent import cli", "import torch")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "No module named 'torch'" in done.stderr
 
 
