@@ -16,11 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write INT8 models (OpenVINO NNCF, ONNX Runtime dynamic quantization)")
     parser.add_argument("--calibration", metavar="FILE",
                         help="texts to calibrate INT8 on (.jsonl/.csv/.yml data, or one text per line); "
-                             "default: the training texts stored in the bundle")
+                             "default: the training sample kept next to the bundle (BUNDLE.samples/)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="refuse an INT8 model whose top intent agrees with FP32 on fewer held-out texts "
-                             "than this share (default 0.99)")
+                             "than this share, in batches or one text at a time (default 0.99)")
 
 
 def run(args: argparse.Namespace) -> int:
