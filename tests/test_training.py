@@ -211,6 +211,37 @@ def test_evaluate_cli_json_and_files(trained: Path, tmp_path: Path) -> None:
     assert (out / "report.json").is_file() and (out / "confusion_matrix.png").stat().st_size > 1000
 
 
+def test_torch_baseline_runs_the_torch_predictor(trained: Path) -> None:
+    """The bench's torch row is TorchPredictor: same top intents and confidences, in input order; its
+    ``precision`` casts the weights (fp32 or bf16) and ``threads`` sets torch's threads."""
+    import torch
+
+    from distilintent.bench.baselines import TorchClassifier
+    from distilintent.core.metrics import softmax
+    from distilintent.training.inference import TorchPredictor
+
+    texts = [example.text for example in toy_examples()][::7]  # 18 texts of mixed lengths and labels
+    probs = softmax(TorchPredictor.from_bundle(Bundle.open(trained)).logits(texts))
+    labels = Bundle.open(trained).labels
+    expected = [(labels[row.argmax()], float(row.max())) for row in probs]
+    before = torch.get_num_threads()
+    try:
+        fp32 = TorchClassifier(trained, threads=1)
+        assert fp32.detect_batch(texts, batch_size=4) == expected
+        one_by_one = [fp32.detect(text) for text in texts]  # batch 1: no padding, equal up to float rounding
+        assert [intent for intent, _ in one_by_one] == [intent for intent, _ in expected]
+        assert [confidence for _, confidence in one_by_one] == pytest.approx([c for _, c in expected], abs=1e-5)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert [intent for intent, _ in expected] == [example.label for example in toy_examples()][::7]
+    bf16 = TorchClassifier(trained, precision="bf16")
+    assert {param.dtype for param in bf16.predictor.model.parameters()} == {torch.bfloat16}
+    assert [intent for intent, _ in bf16.detect_batch(texts)] == [intent for intent, _ in expected]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TorchClassifier(trained, precision="int8")
+
+
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("sentence,intent\nhi,greet\n")

@@ -39,38 +39,28 @@ def _softmax_top(logits: np.ndarray, labels: Sequence[str]) -> list[tuple[str, f
 
 
 class TorchClassifier:
-    """Tokenize → ``IntentModel`` under ``torch.inference_mode`` (FP32 or BF16) → softmax → top intent."""
+    """:class:`~distilintent.training.inference.TorchPredictor` (length-sorted batches under
+    ``torch.inference_mode``, as the SDK batches) over the bundle's weights in FP32 or cast to BF16 →
+    softmax → top intent."""
 
     def __init__(self, bundle_path: str | Path, threads: int | None = None, precision: str = "fp32") -> None:
         import torch
 
-        from distilintent.core.tokenization import TextEncoder
-        from distilintent.training.model import load_bundle_model
+        from distilintent.training.inference import TorchPredictor
 
         self._torch = torch
         self.threads = threads
         _use_threads(torch, threads)
         bundle = Bundle.open(bundle_path)
         self.labels = bundle.labels
-        self.model = load_bundle_model(bundle).to(_torch_dtype(torch, precision)).eval()
-        self.encoder = TextEncoder.from_bundle(bundle)
-
-    def _run(self, texts: Sequence[str]) -> list[tuple[str, float]]:
-        torch = self._torch
-        input_ids, mask = self.encoder.encode(texts)
-        _use_threads(torch, self.threads)
-        with torch.inference_mode():
-            logits = self.model(torch.from_numpy(input_ids), torch.from_numpy(mask)).float().numpy()
-        return _softmax_top(logits, self.labels)
+        self.predictor = TorchPredictor.from_bundle(bundle, weights_dtype=_torch_dtype(torch, precision))
 
     def detect(self, text: str) -> tuple[str, float]:
-        return self._run([text])[0]
+        return self.detect_batch([text], 1)[0]
 
     def detect_batch(self, texts: Sequence[str], batch_size: int = 32) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        for start in range(0, len(texts), batch_size):
-            out.extend(self._run(texts[start : start + batch_size]))
-        return out
+        _use_threads(self._torch, self.threads)
+        return _softmax_top(self.predictor.logits(texts, batch_size), self.labels)
 
     def close(self) -> None:
         pass

@@ -1,4 +1,6 @@
-"""Batched torch inference for evaluation (training side; serving uses :mod:`distilintent.sdk`)."""
+"""Batched torch inference over an :class:`IntentModel`: the one torch forward pass of validation during
+training, evaluation with ``--backend torch``, export's reference outputs and the bench's torch baseline
+(serving uses :mod:`distilintent.sdk`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from distilintent.training.model import IntentModel, load_bundle_model
 
 
 class TorchPredictor:
-    """Logits for many texts: length-sorted batches, padded to each batch's longest text."""
+    """Logits and pooled embeddings for many texts: length-sorted batches, padded to each batch's longest
+    text, outputs in the order of the texts. ``dtype``: the autocast dtype (None: the weights' own)."""
 
     def __init__(self, model: IntentModel, encoder: TextEncoder, device: torch.device | None = None,
                  dtype: torch.dtype | None = None) -> None:
@@ -23,9 +26,9 @@ class TorchPredictor:
         self.dtype = dtype
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> TorchPredictor:
-        encoder = TextEncoder.from_bundle(bundle)
-        return cls(load_bundle_model(bundle), encoder)
+    def from_bundle(cls, bundle: Bundle, weights_dtype: torch.dtype = torch.float32) -> TorchPredictor:
+        """The bundle's fine-tuned model on CPU, its weights in ``weights_dtype`` (e.g. ``torch.bfloat16``)."""
+        return cls(load_bundle_model(bundle).to(weights_dtype), TextEncoder.from_bundle(bundle))
 
     def logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         return self.logits_from_ids(self.encoder.token_ids(list(texts)), batch_size)
