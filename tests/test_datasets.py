@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,4 +97,8 @@ def test_accuracy_benchmark_takes_data_dir_and_download() -> None:
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "accuracy.py"), "--help"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    assert "--download" in done.stdout and "--data-dir" in done.stdout
+    usage = done.stdout.split("\n\n", 1)[0]
+    assert re.findall(r"\[(--?[\w-]+)", usage) == ["-h", "--data-dir", "--download", "--runs-dir", "--datasets",
+                                                  "--train", "--export", "--no-baseline", "--out", "--render"]
+    described = " ".join(done.stdout.split())  # whatever the terminal width wrapped
+    assert "--data-dir DATA_DIR holds <dataset>/<dataset>.jsonl (default: ../shared/data)" in described
