@@ -232,17 +232,26 @@ def test_train_inside_rasa(rasa_train_venv: Path, tiny_base_dir: Path, tmp_path:
     options = tiny_train_options(tiny_base_dir)
     component_options = {key: options.pop(key) for key in ("base", "epochs", "batch_size", "learning_rate",
                                                              "max_length")}
+    intents = {intent: [text + suffix for text in texts for suffix in ("", " please", " now")]
+               for intent, texts in TOY_TEMPLATES.items()}
     project = write_nlu_project(tmp_path / "assistant", {
         **component_options, "device": "cpu", "training": options,
         # INT8 export does not work beside Rasa 3.6's pins (see docs/rasa.md): FP32 variants.
         "export_formats": ["onnx", "openvino"], "export_int8": False,
-    }, {intent: [text + suffix for text in texts for suffix in ("", " please", " now")]
-        for intent, texts in TOY_TEMPLATES.items()})
+    }, intents)
     model, _ = train_nlu(rasa_train_venv, project)
     names = archive_names(model)
     assert any(name.endswith("bundle/onnx/model.onnx") for name in names)
     assert any(name.endswith("bundle/openvino/model.xml") for name in names)
     assert not any(name.endswith(("model.safetensors", ".pkl", ".pt")) for name in names)
+    # What the user deploys holds none of the training texts (they were the validation sample too).
+    with tarfile.open(model) as archive:
+        members = {member.name: archive.extractfile(member).read() for member in archive if member.isfile()}
+    assert any(name.endswith("bundle/manifest.json") for name in members)
+    # One-word texts ("hello", "bye") are words of the tokenizer's vocabulary: every model holds them.
+    texts = [text for examples in intents.values() for text in examples if " " in text]
+    assert len(texts) == 70
+    assert [(text, name) for text in texts for name, data in members.items() if text.encode() in data] == []
     parsed = parse_with_rasa(rasa_train_venv, model, TEXTS[:4])
     assert [r["intent"]["name"] for r in parsed["rasa"]] == EXPECTED
     # The serving-only venv (no torch) serves the model trained inside Rasa.

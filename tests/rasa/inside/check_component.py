@@ -19,7 +19,6 @@ from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 
 from distilintent.plugin import DistilIntentClassifier
-from distilintent.plugin import component as component_module
 from distilintent.sdk import IntentDetector
 
 BUNDLE = Path(os.environ["DISTILINTENT_TEST_BUNDLE"])
@@ -220,8 +219,100 @@ def test_training_inside_rasa_without_torch_names_the_extra(tmp_path: Path) -> N
         make(storage_at(tmp_path)).train(training_data())
 
 
-def test_component_module_imports_nothing_heavy() -> None:
+HEAVY = ("torch", "transformers", "onnx", "onnxscript", "nncf", "safetensors", "distilintent.training")
+IMPORT_WATCH = r"""
+import json
+import sys
+from pathlib import Path
+
+# What the component's module and its serving path use from elsewhere is imported first: only what
+# distilintent itself then asks for is watched.
+import numpy, onnxruntime, openvino, tokenizers  # noqa: E401,F401
+from rasa.engine.graph import ExecutionContext, GraphSchema
+from rasa.engine.recipes.default_recipe import DefaultV1Recipe  # noqa: F401
+from rasa.engine.storage.local_model_storage import LocalModelStorage
+from rasa.engine.storage.resource import Resource
+from rasa.nlu.classifiers.classifier import IntentClassifier  # noqa: F401
+from rasa.shared.nlu.training_data.message import Message
+from rasa.shared.nlu.training_data.training_data import TrainingData
+
+heavy, bundle, storage = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+attempted = []
+
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if any(name == module or name.startswith(module + ".") for module in heavy):
+            attempted.append(name)
+            raise ImportError(f"{name} is blocked: the Rasa component must not import it")
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+try:
+    from distilintent.plugin import DistilIntentClassifier
+
+    storage.mkdir(parents=True)
+    component = DistilIntentClassifier.create(
+        {**DistilIntentClassifier.get_default_config(), "model_path": bundle}, LocalModelStorage(storage),
+        Resource("classifier"), ExecutionContext(GraphSchema({}), "123"))
+    component.train(TrainingData([Message(data={"text": text, "intent": intent})
+                                  for intent, text in json.loads(sys.argv[4]).items()]))
+    [message] = component.process([Message(data={"text": "hello friend"})])
+    intent = message.get("intent")["name"]
+except Exception as err:  # report what was attempted, whatever failed
+    intent = f"error: {type(err).__name__}: {err}"
+print(json.dumps({"attempted": attempted, "intent": intent}))
+"""
+
+
+def test_component_imports_nothing_heavy_to_pack_load_and_classify(tmp_path: Path) -> None:
+    """In a fresh interpreter whose imports of torch, transformers, the ONNX exporter and
+    distilintent.training are recorded and refused (installed or not): import the component, pack a
+    bundle and classify with it. Nothing heavy may even be attempted (a guarded ``try: import torch``
+    included)."""
+    import json
+    import subprocess
     import sys
 
-    assert component_module is not None
-    assert "torch" not in sys.modules and "transformers" not in sys.modules and "onnx" not in sys.modules
+    examples = json.dumps({intent: texts[0] for intent, texts in EXAMPLES.items()})
+    result = subprocess.run([sys.executable, "-c", IMPORT_WATCH, json.dumps(HEAVY), str(BUNDLE), str(tmp_path / "s"),
+                             examples], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"attempted": [], "intent": "greet"}, result.stderr[-3000:]
+
+
+def test_the_archive_holds_no_texts_kept_with_the_bundle(tmp_path: Path) -> None:
+    """Neither the samples training keeps next to a bundle (``<bundle>.samples/``) nor the ``samples/``
+    inside an older bundle are packed into Rasa's model storage."""
+    import json
+
+    from distilintent.core.bundle import update_bundle
+    from distilintent.core.data import Example
+    from distilintent.core.samples import samples_dir, write_samples
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    inside, beside = "a private validation utterance 4711", "a private training utterance 4712"
+
+    def as_before(root: Path, manifest: dict) -> dict:  # the layout of bundles written before the samples moved out
+        (root / "samples").mkdir()
+        (root / "samples" / "validation.jsonl").write_text(json.dumps({"text": inside, "label": "greet"}) + "\n")
+        manifest["samples"] = {"validation": "samples/validation.jsonl"}
+        return manifest
+
+    update_bundle(copy, as_before)
+    write_samples(copy, {"calibration": [Example(beside, "greet")]})
+    assert inside.encode() in (copy / "samples" / "validation.jsonl").read_bytes()
+    assert beside.encode() in (samples_dir(copy) / "calibration.jsonl").read_bytes()
+
+    storage = storage_at(tmp_path / "storage")
+    make(storage, model_path=str(copy)).train(training_data())
+    packed = [p for p in (tmp_path / "storage").rglob("*") if p.is_file()]
+    assert any(p.name == "model.onnx" for p in packed)
+    assert [p for p in packed if inside.encode() in p.read_bytes() or beside.encode() in p.read_bytes()] == []
+    [manifest] = [p for p in packed if p.name == "manifest.json"]
+    assert "samples" not in json.loads(manifest.read_text())
+    [message] = load(storage).process([Message(data={"text": "hello friend"})])
+    assert message.get("intent")["name"] == "greet"
