@@ -354,10 +354,10 @@ def test_train_export_keeps_fp32_when_int8_is_refused(tiny_base: Path, tmp_path:
 
 def test_layer_lr_decay_scales_groups_by_depth(tiny_base: Path) -> None:
     from distilintent.training.model import IntentModel, load_base
-    from distilintent.training.trainer import _param_groups
+    from distilintent.training.optim import param_groups
 
     model = IntentModel(load_base(str(tiny_base)).encoder, 3, head_hidden=8)
-    groups = _param_groups(model, 0.01, layer_lr_decay=0.5)
+    groups = param_groups(model, 0.01, layer_lr_decay=0.5)
     scale_of = {id(param): group["lr_scale"] for group in groups for param in group["params"]}
     named = dict(model.named_parameters())
     assert scale_of[id(named["head.0.weight"])] == 1.0

@@ -136,11 +136,11 @@ def _line_styles(names: list[str], plt: Any) -> dict[str, dict[str, Any]]:
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from distilintent.evaluation.plots import pyplot
+
+    plt = pyplot()
 
     rows = report["rows"]
     names = list(rows)

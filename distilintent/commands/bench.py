@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rasa-venv", type=Path, default=None,
                         help="the Python 3.10 Rasa venv (default: $DISTILINTENT_RASA_VENV or .venv-rasa)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="texts to use: JSONL/CSV with a text field, or one text per line "
-                             "(default: the bundle's samples/validation.jsonl)")
+                        help="texts to use: JSONL/CSV with a text field, or one text per line (default: the "
+                             "validation sample training kept next to the bundle, <bundle>.samples/validation.jsonl)")
     parser.add_argument("--split", default=None, help="only rows of this split of --data")
     parser.add_argument("--cold-start-repeats", type=int, default=1,
                         help="fresh processes per row for cold start/RSS; best one kept (default: 1; 0 skips)")

@@ -193,14 +193,7 @@ def write_bundle(target: str | os.PathLike[str], build: Callable[[Path], dict[st
     target = Path(target)
     _refuse_foreign_directory(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_tmp_dir(target)
-    try:
-        manifest = build(tmp)
-        _finalise(tmp, manifest)
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _commit(target, build)
     return target
 
 
@@ -208,8 +201,8 @@ def update_bundle(path: str | os.PathLike[str], change: Callable[[Path, dict[str
     """Change a bundle atomically: files are hard-linked into a copy, ``change(copy, manifest)`` edits it."""
     bundle = Bundle.open(path)
     target = bundle.path
-    tmp = _make_tmp_dir(target)
-    try:
+
+    def copy_and_change(tmp: Path) -> dict[str, Any]:
         for relative in bundle.manifest["files"]:
             dest = tmp / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -218,13 +211,22 @@ def update_bundle(path: str | os.PathLike[str], change: Callable[[Path, dict[str
             except OSError:
                 shutil.copy2(target / relative, dest)
         manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files",)}
-        manifest = change(tmp, json.loads(json.dumps(manifest)))
+        return change(tmp, json.loads(json.dumps(manifest)))
+
+    _commit(target, copy_and_change)
+    return target
+
+
+def _commit(target: Path, fill: Callable[[Path], dict[str, Any]]) -> None:
+    """``fill`` a temporary sibling of ``target``, finalise its manifest and swap it into place (or remove it)."""
+    tmp = _make_tmp_dir(target)
+    try:
+        manifest = fill(tmp)
         _finalise(tmp, manifest)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 def _finalise(root: Path, manifest: dict[str, Any]) -> None:

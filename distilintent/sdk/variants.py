@@ -4,7 +4,8 @@
 has and whose runtime is installed: ``onnx-int8``, ``openvino-int8``, ``onnx-fp32``, ``openvino-fp32``.
 
 Why (384-wide model, batch 1): INT8 beats FP32 on every CPU measured. ONNX Runtime's dynamic INT8
-took half the CPU time of OpenVINO INT8 on an AVX2-only EPYC (``benchmarks/sdk_latency.py``; without
+took half the CPU time of OpenVINO INT8 on an AVX2-only EPYC (4.93 vs 12.23 ms at 1 thread,
+``distilintent bench``, ``benchmarks/results/results.md``; without
 VNNI/AMX OpenVINO runs generic int8 GEMMs) and was on par with OpenVINO's static-shape INT8 on a Xeon
 with AMX (1.6 vs 1.5 ms, measured by the project's runtime notes), while it starts about 3× faster (no
 ~0.4 s ``import openvino``) in half the memory: only ONNX Runtime meets the cold start ≤ 0.5 s and

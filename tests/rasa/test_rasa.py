@@ -22,7 +22,7 @@ import httpx
 import pytest
 import venvs
 from conftest import REPO, TOY_TEMPLATES, make_tiny_base, make_tiny_bundle, tiny_train_options, toy_examples
-from servers import free_port, stop
+from servers import free_port, serve_process, stop
 
 pytestmark = [pytest.mark.rasa, pytest.mark.slow]
 
@@ -265,18 +265,9 @@ def test_train_inside_rasa(rasa_train_venv: Path, tiny_base_dir: Path, tmp_path:
 
 @pytest.fixture
 def nlu_server(toy_bundle: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    port, token = free_port(), "e2e-secret"
-    log = tmp_path / "serve.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "distilintent", "serve", "--model", str(toy_bundle), "--port", str(port),
-             "--token", token], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", process, 60, log)
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        stop(process)
+    token = "e2e-secret"
+    with serve_process(toy_bundle, log=tmp_path / "serve.log", env={"DISTILINTENT_TOKEN": token}) as (url, _):
+        yield url, token
 
 
 BOT_DOMAIN = textwrap.dedent("""\
