@@ -1,7 +1,8 @@
 """What ``pip install distilintent`` alone (no torch, transformers or matplotlib) runs on an exported bundle.
 
-Each command runs in a fresh interpreter whose import system refuses the training dependencies, as on
-a machine where they are not installed, and reports which heavy modules were imported.
+Two ways: a real virtualenv with nothing but ``pip install <this repository>`` (its base dependencies),
+and fresh interpreters of the test venv whose import system refuses the training dependencies (fast,
+and they report which heavy modules were imported).
 """
 
 from __future__ import annotations
@@ -56,6 +57,36 @@ def test_the_blocker_really_refuses_torch() -> None:
     probe = SERVING_INSTALL.replace("from distilintent import cli", "import torch")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "No module named 'torch'" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtualenv with ``pip install <repo>`` only: numpy, tokenizers, onnxruntime, pyyaml, safetensors."""
+    venv = tmp_path_factory.mktemp("serving") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(REPO)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return venv
+
+
+@pytest.mark.slow
+def test_pip_install_distilintent_alone_evaluates_and_calibrates(serving_venv: Path, exported_bundle: Path,
+                                                                 data: Path, tmp_path: Path) -> None:
+    python = str(serving_venv / "bin" / "python")
+    for heavy in ("torch", "transformers", "matplotlib"):
+        probe = subprocess.run([python, "-c", f"import {heavy}"], capture_output=True, text=True, timeout=60)
+        assert f"No module named '{heavy}'" in probe.stderr
+    command = str(serving_venv / "bin" / "distilintent")
+    evaluated = subprocess.run([command, "evaluate", "--model", str(exported_bundle), "--data", str(data), "--json"],
+                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["n"] == 12
+    bundle = shutil.copytree(exported_bundle, tmp_path / "bundle")
+    calibrated = subprocess.run([command, "calibrate", "--model", str(bundle), "--data", str(data)],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert json.loads(calibrated.stdout)["fitted_on"] == {"variant": "onnx-int8", "split": "validation"}
 
 
 def test_evaluate_an_exported_bundle_without_torch(exported_bundle: Path, data: Path) -> None:
