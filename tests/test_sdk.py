@@ -423,3 +423,25 @@ def test_serving_imports_neither_torch_nor_transformers(exported_bundle: Path) -
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "leaked []"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**32 - 1), st.floats(0.05, 20.0), st.booleans())
+def test_the_batch_ranking_equals_the_per_text_ranking(rows: int, labels: int, seed: int, temperature: float,
+                                                       tied: bool) -> None:
+    """One softmax and one argpartition for the batch give what a softmax and a stable argsort per text gave."""
+    from distilintent.core.metrics import softmax
+    from distilintent.core.results import top_k
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, (rows, labels)).astype(np.float32)
+    if tied:  # exact ties between labels 0 and 1
+        logits[:, 1 % labels] = logits[:, 0]
+    for k in {1, max(1, labels // 2), labels}:
+        indices, values = top_k(softmax(logits, temperature), k)
+        for row in range(rows):
+            probs = softmax(logits[row], temperature)
+            order = np.argsort(-probs, kind="stable")[:k]
+            if not tied or k == labels:  # a tie across the k-th place may keep either label
+                assert indices[row].tolist() == order.tolist()
+            np.testing.assert_allclose(values[row], probs[order], rtol=1e-12)

@@ -15,7 +15,7 @@ statistics stored in the bundle (``ood/stats.safetensors``: a few hundred KB, no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,10 @@ class ClassStatistics:
     whitened_means: np.ndarray  # (classes, dim)
     unit_centroids: np.ndarray  # (classes, dim)
     label_indices: np.ndarray  # (classes,) logit index of each row
+    mean_norms: np.ndarray = field(init=False, repr=False, compare=False)  # ‖μ·W‖² per class, computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean_norms", (np.asarray(self.whitened_means, dtype=np.float32) ** 2).sum(axis=1))
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, targets: np.ndarray, exclude: Sequence[int] = (),
@@ -68,8 +72,7 @@ class ClassStatistics:
 
     def mahalanobis(self, embeddings: np.ndarray) -> np.ndarray:
         projected = np.asarray(embeddings, dtype=np.float32) @ self.whitening
-        squared = ((projected**2).sum(axis=1, keepdims=True) - 2.0 * projected @ self.whitened_means.T
-                   + (self.whitened_means**2).sum(axis=1))
+        squared = (projected**2).sum(axis=1, keepdims=True) - 2.0 * projected @ self.whitened_means.T + self.mean_norms
         return np.maximum(squared.min(axis=1), 0.0)
 
     def cosine(self, embeddings: np.ndarray) -> np.ndarray:

@@ -6,8 +6,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class IntentResult:
     """One text's classification.
 
@@ -38,3 +40,18 @@ class IntentResult:
             "intent": {"name": self.intent, "confidence": self.confidence},
             "intent_ranking": [{"name": name, "confidence": conf} for name, conf in self.ranking],
         }
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest probabilities and their label indices, best first (ties: lower index first).
+
+    One ``argpartition`` for the batch, then a sort of the ``k`` candidates only.
+    """
+    probs = np.asarray(probs)
+    if k < probs.shape[1]:
+        candidates = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    else:
+        candidates = np.broadcast_to(np.arange(probs.shape[1]), probs.shape)
+    values = np.take_along_axis(probs, candidates, axis=1)
+    order = np.lexsort((candidates, -values), axis=-1)
+    return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(values, order, axis=1)

@@ -10,6 +10,8 @@ from tokenizers import Tokenizer
 
 from distilintent.core.bundle import TOKENIZER_FILE
 
+CHARS_PER_TOKEN = 16  # the prefix of a huge text tokenized first (see TextEncoder._bounded)
+
 
 def valid_unicode(text: str) -> str:
     """``text`` with every lone surrogate (not valid Unicode, e.g. from ``surrogateescape``) replaced by U+FFFD.
@@ -42,6 +44,8 @@ class TextEncoder:
         if pad_token_id is None:
             pad_token_id = tokenizer.token_to_id("[PAD]")
         self.pad_token_id = int(pad_token_id or 0)
+        # ids only: the fast batch call skips the offsets and other Encoding fields (tokenizers >= 0.20)
+        self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
 
     @classmethod
     def from_str(cls, json_text: str, max_length: int, pad_token_id: int | None = None) -> TextEncoder:
@@ -61,9 +65,29 @@ class TextEncoder:
         return self.tokenizer.to_str()
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        if len(texts) == 1:
-            return [self.tokenizer.encode(valid_unicode(texts[0])).ids]
-        return [encoding.ids for encoding in self.tokenizer.encode_batch([valid_unicode(text) for text in texts])]
+        """Token ids of each text, truncated to ``max_length`` (a huge text is cut before tokenizing, with the
+        same result: see :meth:`_bounded`)."""
+        chosen = [self._bounded(valid_unicode(text)) for text in texts]
+        return [encoding.ids for encoding in self._encode_batch(chosen)]
+
+    def _bounded(self, text: str) -> str:
+        """``text``, or a prefix of it that tokenizes to the same truncated ids.
+
+        A prefix of ``max_length × CHARS_PER_TOKEN`` characters is used when its tokens fill ``max_length`` and
+        the last kept one ends before the prefix's last whitespace, so that no kept word is cut (BERT's
+        normalisation and word pieces depend only on the word itself); otherwise the whole text is tokenized.
+        """
+        limit = self.max_length * CHARS_PER_TOKEN
+        if len(text) <= limit:
+            return text
+        prefix = text[:limit]
+        encoding = self.tokenizer.encode(prefix)
+        kept_end = max((end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+                        if not special), default=limit)
+        boundary = max(prefix.rfind(space) for space in (" ", "\t", "\n", "\r"))
+        if len(encoding.ids) >= self.max_length and 0 <= kept_end <= boundary:
+            return prefix
+        return text
 
     def pad(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """``input_ids`` and ``attention_mask`` ``(batch, longest)`` int64 arrays."""

@@ -19,7 +19,7 @@ from distilintent.core.bundle import Bundle, Variant
 from distilintent.core.errors import BundleError
 from distilintent.core.fallback import FallbackRule
 from distilintent.core.metrics import softmax
-from distilintent.core.results import IntentResult
+from distilintent.core.results import IntentResult, top_k
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import Runtime, load_runtime
 from distilintent.sdk.variants import select_variant
@@ -218,9 +218,7 @@ class IntentDetector:
         return self.fallback_rule.scores(logits, embeddings)
 
     def _results(self, texts: Sequence[str], logits: np.ndarray, embeddings: np.ndarray | None) -> list[IntentResult]:
-        probs = softmax(logits, self.temperature)  # one softmax for the batch
-        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
-        top_probs = np.take_along_axis(probs, order, axis=1)
+        order, top_probs = top_k(softmax(logits, self.temperature), self.top_k)  # one softmax for the batch
         scores = self._scores(logits, embeddings)
         falls_back = self.fallback_rule.mask(scores, order[:, 0], top_probs[:, 0])
         names = self._labels_array[order]
