@@ -30,6 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024,
                         help="larger request bodies get 413 (default 65536)")
     parser.add_argument("--max-batch", type=int, default=256, help="most texts per /model/parse/batch request")
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0,
+                        help="gather concurrent requests' texts into one model call for up to this long after the "
+                             "first (default 2; 0: only what is already queued)")
+    parser.add_argument("--max-batch-texts", type=int, default=32,
+                        help="most texts per model call; a full batch runs at once (default 32)")
+    parser.add_argument("--max-queue", type=int, default=512,
+                        help="most texts waiting per worker; past it requests get 503 with Retry-After (default 512)")
+    parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
+                        help="auto (default): batch, except variants whose results depend on their batch mates "
+                             "(ONNX Runtime dynamic INT8), which run one text at a time; on: always batch; off: never")
     parser.add_argument("--backend", choices=("auto", "openvino", "onnxruntime"), default="auto")
     parser.add_argument("--precision", choices=("auto", "int8", "fp32"), default="auto")
     parser.add_argument("--threads", type=int, default=None, help="inference threads per worker")
@@ -49,9 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from distilintent.core.bundle import Bundle
     from distilintent.server.app import ENV_PREFIX
 
-    for name in ("workers", "max_body_bytes", "max_batch"):
+    for name in ("workers", "max_body_bytes", "max_batch", "max_batch_texts", "max_queue"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.batch_wait_ms >= 0:
+        raise ValueError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     Bundle.open(args.model)  # fail here, with the bundle's own message, rather than in every worker
@@ -60,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         "TOKEN": token(args) or "",
         "MAX_BODY_BYTES": args.max_body_bytes,
         "MAX_BATCH": args.max_batch,
+        "BATCH_WAIT_MS": args.batch_wait_ms,
+        "MAX_BATCH_TEXTS": args.max_batch_texts,
+        "MAX_QUEUE": args.max_queue,
+        "BATCHING": args.batching,
         "BACKEND": args.backend,
         "PRECISION": args.precision,
         "THREADS": args.threads or "",

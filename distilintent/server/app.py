@@ -7,11 +7,18 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from distilintent.server.batcher import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_MAX_BATCH_TEXTS,
+    DEFAULT_MAX_QUEUE,
+    Batcher,
+    check_batching,
+)
 from distilintent.server.errors import EXCEPTION_HANDLERS
 from distilintent.server.lifespan import lifespan_for
 from distilintent.server.routes import routes
 from distilintent.server.service import Service, check_limits
-from distilintent.server.stats import AccessLogMiddleware
+from distilintent.server.stats import AccessLogMiddleware, AccessLogWriter
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_BATCH = 256
@@ -31,6 +38,10 @@ def create_app(
     fallback_intent: str = "nlu_fallback",
     intent_shortcuts: bool = True,
     reload_on_sighup: bool = False,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    max_batch_texts: int = DEFAULT_MAX_BATCH_TEXTS,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    batching: str = "auto",
 ) -> Starlette:
     """The ASGI app serving ``model``: a bundle path, or an already built ``IntentDetector``.
 
@@ -40,8 +51,14 @@ def create_app(
     model is a path, and ignored otherwise. ``intent_shortcuts`` answers ``/intent`` texts as Rasa does.
     ``reload_on_sighup`` installs a ``SIGHUP`` handler that reloads (only where the app's lifespan runs in
     the main thread, as under ``distilintent serve``).
+
+    Texts of concurrent requests are classified together (:mod:`distilintent.server.batcher`): a batch is
+    run ``batch_wait_ms`` after its first text or at ``max_batch_texts``; past ``max_queue`` texts waiting a
+    request gets 503 with ``Retry-After``. ``batching`` ``"auto"`` runs texts one by one for variants whose
+    results depend on their batch mates (ONNX Runtime dynamic INT8), ``"on"`` always batches, ``"off"`` never.
     """
     check_limits(max_body_bytes, max_batch)
+    check_batching(batch_wait_ms, max_batch_texts, max_queue, batching)
     owns = isinstance(model, (str, os.PathLike))
     options = {"backend": backend, "precision": precision, "threads": threads,
                "fallback_threshold": fallback_threshold, "fallback_intent": fallback_intent}
@@ -56,11 +73,15 @@ def create_app(
     service = Service(detector, owns_detector=owns, token=token, max_body_bytes=max_body_bytes, max_batch=max_batch,
                       intent_shortcuts=intent_shortcuts, model_path=os.fspath(model) if owns else None,
                       detector_options=options)
+    batcher = Batcher(service, batch_wait_ms=batch_wait_ms, max_batch_texts=max_batch_texts, max_queue=max_queue,
+                      batching=batching)
+    writer = AccessLogWriter()
     table = routes()
     app = Starlette(routes=table, exception_handlers=EXCEPTION_HANDLERS,
-                    lifespan=lifespan_for(service, reload_on_sighup))
+                    lifespan=lifespan_for(service, reload_on_sighup, batcher, writer))
     app.state.service = service
-    app.add_middleware(AccessLogMiddleware, stats=service.stats, paths=[route.path for route in table])
+    app.state.batcher = batcher
+    app.add_middleware(AccessLogMiddleware, stats=service.stats, paths=[route.path for route in table], writer=writer)
     return app
 
 
@@ -84,4 +105,8 @@ def create_app_from_env() -> Starlette:
         fallback_threshold=float(threshold) if threshold else None,
         intent_shortcuts=env.get(ENV_PREFIX + "INTENT_SHORTCUTS", "1") != "0",
         reload_on_sighup=True,
+        batch_wait_ms=float(env.get(ENV_PREFIX + "BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS)),
+        max_batch_texts=int(env.get(ENV_PREFIX + "MAX_BATCH_TEXTS", DEFAULT_MAX_BATCH_TEXTS)),
+        max_queue=int(env.get(ENV_PREFIX + "MAX_QUEUE", DEFAULT_MAX_QUEUE)),
+        batching=env.get(ENV_PREFIX + "BATCHING", "auto"),
     )

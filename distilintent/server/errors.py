@@ -7,30 +7,32 @@ from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 logger = logging.getLogger("distilintent.server")
-Handler = Callable[[Request], Awaitable[JSONResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
 HTTP_REASONS = {404: "NotFound", 405: "MethodNotAllowed"}
 
 
 class RequestError(Exception):
     """A client error answered as JSON: ``code`` is the HTTP status, ``reason`` Rasa's reason word."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.headers = headers  # e.g. Retry-After on a 503
 
 
-def error_response(code: int, reason: str, message: str) -> JSONResponse:
+def error_response(code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON answer for an error."""
-    return JSONResponse({"status": "failure", "reason": reason, "message": message, "code": code}, status_code=code)
+    return JSONResponse({"status": "failure", "reason": reason, "message": message, "code": code}, status_code=code,
+                        headers=headers)
 
 
 async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
-    return error_response(exc.code, exc.reason, exc.message)
+    return error_response(exc.code, exc.reason, exc.message, exc.headers)
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -45,7 +47,7 @@ EXCEPTION_HANDLERS = {RequestError: on_request_error, HTTPException: on_http_err
 def guarded(handler: Handler) -> Handler:
     """Answer an unexpected failure with a JSON 500 (details only in the log); the server lives on."""
 
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
         except (RequestError, HTTPException):

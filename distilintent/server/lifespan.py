@@ -1,4 +1,5 @@
-"""The app's lifespan: reload on ``SIGHUP`` while it serves, retire the model on shutdown."""
+"""The app's lifespan: the batcher and reload on ``SIGHUP`` while it serves; at shutdown the queued texts
+are answered, the access log written and the model retired."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from distilintent.server.batcher import Batcher
 from distilintent.server.errors import RequestError
 from distilintent.server.service import Service
+from distilintent.server.stats import AccessLogWriter
 
 logger = logging.getLogger("distilintent.server")
 
@@ -62,8 +65,10 @@ class SighupReloader:
             await task
 
 
-def lifespan_for(service: Service, reload_on_sighup: bool) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """Starlette's ``lifespan=``: SIGHUP reloads (if asked) while the app runs; the model is retired at the end."""
+def lifespan_for(service: Service, reload_on_sighup: bool, batcher: Batcher,
+                 writer: AccessLogWriter) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """Starlette's ``lifespan=``: the batcher runs and SIGHUP reloads (if asked) while the app runs; at the end
+    the batcher answers what it holds, the access log is written and the model is retired."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -71,10 +76,13 @@ def lifespan_for(service: Service, reload_on_sighup: bool) -> Callable[[Any], Ab
         reloader = SighupReloader(service)
         if reload_on_sighup:
             reloader.install(loop)
+        batcher.start()
         try:
             yield
         finally:
             await reloader.close(loop)
+            await batcher.close()
+            writer.close()
             service.shutdown()
 
     return lifespan
