@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "first (default 2; 0: only what is already queued)")
     parser.add_argument("--max-batch-texts", type=int, default=32,
                         help="most texts per model call; a full batch runs at once (default 32)")
-    parser.add_argument("--max-queue", type=int, default=512,
-                        help="most texts waiting per worker; past it requests get 503 with Retry-After (default 512)")
+    parser.add_argument("--max-queue", type=int, default=1024,
+                        help="most texts waiting per worker; past it requests get 503 with Retry-After (default 1024)")
     parser.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
                         help="auto (default): batch, except variants whose results depend on their batch mates "
                              "(ONNX Runtime dynamic INT8), which run one text at a time; on: always batch; off: never")

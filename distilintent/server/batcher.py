@@ -31,7 +31,7 @@ logger = logging.getLogger("distilintent.server")
 BATCHING_SETTINGS = ("auto", "on", "off")
 DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_MAX_BATCH_TEXTS = 32
-DEFAULT_MAX_QUEUE = 512
+DEFAULT_MAX_QUEUE = 1024  # four batch requests of the default --max-batch 256
 RETRY_AFTER_S = 1
 Finish = Callable[[Sequence[Any]], bytes]
 
