@@ -14,6 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -261,3 +262,192 @@ def test_bench_uses_no_private_attribute_of_another_object(path):
                if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
                and not (isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"})]
     assert private == []
+
+
+# -- the GEMM floor (distilintent.bench.floor, bench --floor / --floor-only) ------------------------------
+
+
+def test_floor_multiply_adds_per_text_follow_the_architecture(exported_bundle):
+    from distilintent.bench.floor import Architecture, gemms, multiply_adds
+
+    default = Architecture(dim=384, n_layers=6, n_heads=12, hidden_dim=1536)
+    # 6 × 16 × (4·384² + 2·384·1536) + 6 × 2 × 16² × 384
+    assert multiply_adds(default, 16) == 169_869_312 + 1_179_648 == 171_048_960
+    assert multiply_adds(default, 8) == 6 * 8 * 1_769_472 + 6 * 2 * 64 * 384
+    student = Architecture(dim=384, n_layers=3, n_heads=12, hidden_dim=1536)
+    assert multiply_adds(student, 16) == 171_048_960 // 2
+    for arch in (default, student, Architecture(32, 2, 2, 64)):
+        for tokens in (1, 8, 13, 64):
+            assert sum(arch.n_layers * g.per_layer * g.multiply_adds for g in gemms(arch, tokens)) == multiply_adds(
+                arch, tokens)
+    manifest = json.loads((exported_bundle / "manifest.json").read_text())
+    assert Architecture.from_manifest(manifest) == Architecture(dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    with pytest.raises(ValueError, match="n_layers"):
+        Architecture.from_manifest({"architecture": {"dim": 32, "n_heads": 2, "hidden_dim": 64}})
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int8-dq", "attention"])
+def test_floor_gemm_graphs_compute_the_product(kind):
+    import onnx
+    from onnx import numpy_helper
+
+    from distilintent.bench.floor import Gemm, gemm_graph, session
+
+    if kind == "attention":
+        gemm, kind = Gemm("attn_scores", 5, 4, 5, 1, batch=3, weights=False), "fp32"
+    else:
+        gemm = Gemm("ffn_in", 5, 24, 7, 1)
+    model, feed = gemm_graph(kind, gemm, count=3)
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load_from_string(model).graph.initializer}
+    outputs = session(model, 1).run(None, feed)
+    assert len(outputs) == 3
+    x = feed["x"]
+    for index, got in enumerate(outputs):
+        if not gemm.weights:  # batched over heads, the second operand a graph input of its own
+            assert got.shape == (3, 5, 5)
+            np.testing.assert_allclose(got, np.matmul(x, feed[f"w{index}"]), rtol=1e-5, atol=1e-5)
+            continue
+        w = weights[f"w{index}"]
+        if kind == "fp32":
+            np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-5)
+        elif kind == "int8":  # uint8 activations with zero point 128 × int8 weights, exact in int32
+            assert got.dtype == np.int32
+            np.testing.assert_array_equal(got, (x.astype(np.int32) - 128) @ w.astype(np.int32))
+        else:  # activations quantized per call to uint8 (asymmetric, range including 0), per-channel weight scales
+            low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+            scale = np.float32((high - low) / 255)
+            zero = np.clip(np.round(-low / scale), 0, 255)
+            quantized = np.clip(np.round(x / scale) + zero, 0, 255)
+            expected = ((quantized - zero) @ w.astype(np.float64)) * scale * weights[f"w{index}_scale"]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+
+
+def np_floor_ms(floor: dict, tokens: int, kind: str, threads) -> float:
+    """The floor recomputed from the measured table: Σ median × copies (the model's count of that GEMM)."""
+    return 1e3 * sum(entry["median_s"] * entry["copies"] for entry in floor["gemms"]
+                     if entry["m"] == tokens and entry["threads"] == threads
+                     and entry["kind"] == (kind if not entry["gemm"].startswith("attn") else "fp32"))
+
+
+def test_floor_measure_times_every_gemm_with_positive_medians():
+    from distilintent.bench.floor import Architecture, floor_for, gemm_seconds, gemms, measure, time_gemm
+
+    timing = time_gemm("int8-dq", gemms(Architecture(16, 1, 2, 32), 4)[1], count=2, threads=1, runs=7, warmup=1)
+    assert timing["runs"] == 7 and 0 < timing["p10_s"] <= timing["median_s"] <= timing["p90_s"]
+    assert timing["gmacs_per_s"] == pytest.approx(4 * 16 * 32 / timing["median_s"] / 1e9)
+    arch = Architecture(dim=16, n_layers=2, n_heads=2, hidden_dim=32)
+    report = measure(arch, tokens=(4, 8), threads=(1,), kinds=("fp32", "int8"), runs=5, warmup=1)
+    # per thread count and token count: 3 linear GEMMs × 2 kinds + 2 attention products in fp32
+    assert len(report["gemms"]) == 2 * (3 * 2 + 2)
+    assert all(entry["median_s"] > 0 and entry["gmacs_per_s"] > 0 for entry in report["gemms"])
+    assert {(e["gemm"], e["copies"]) for e in report["gemms"]} == {("qkvo", 8), ("ffn_in", 2), ("ffn_out", 2),
+                                                                   ("attn_scores", 2), ("attn_context", 2)}
+    assert len(report["floors"]) == 2 * 2
+    for entry in report["floors"]:
+        expected = np_floor_ms(report, entry["tokens"], entry["kind"], 1)
+        assert entry["floor_ms"] == pytest.approx(expected, rel=1e-12)
+        assert floor_for(report, arch, entry["tokens"], entry["kind"], 1) == pytest.approx(expected, rel=1e-12)
+    # a token count between the measured ones: each GEMM's time interpolated linearly in M
+    between = gemms(arch, 6)[1]
+    at4, at8 = (gemm_seconds(report["gemms"], "fp32", gemms(arch, m)[1], 1) for m in (4, 8))
+    assert gemm_seconds(report["gemms"], "fp32", between, 1) == pytest.approx((at4 + at8) / 2)
+    with pytest.raises(ValueError, match="no int8 timing"):
+        floor_for(report, arch, 4, "int8", 2)
+
+
+def test_floor_needs_onnx_from_the_train_extra(monkeypatch):
+    from distilintent.bench.floor import Gemm, gemm_graph
+    from distilintent.core.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MissingExtraError, match=r"distilintent\[train\]"):
+        gemm_graph("fp32", Gemm("qkvo", 2, 4, 4, 4), 1)
+
+
+def test_bench_floor_multiple_is_latency_over_the_floor(exported_bundle, tmp_path):
+    report = bench(exported_bundle, tmp_path / "bench", "--backends", "onnx-fp32,openvino-fp32-dynamic",
+                   "--seq-lens", "4,8", "--seq-len-runs", "2", "--floor", "--floor-runs", "3", "--no-plots")
+    assert set(report["rows"]) == {"onnx-fp32", "openvino-fp32-dynamic"}
+    floor = report["floor"]
+    assert floor["architecture"] == {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
+    assert floor["source"] == "measured in this run" and floor["threads"] == [None]
+    markdown = (tmp_path / "bench" / "results.md").read_text()
+    assert "## Against the floor" in markdown
+    from tokenizers import Tokenizer
+
+    from distilintent.core.samples import read_samples
+
+    tokenizer = Tokenizer.from_str((exported_bundle / "tokenizer.json").read_text())
+    tokenizer.no_truncation()
+    lengths = [len(tokenizer.encode(example.text).ids) for example in read_samples(exported_bundle, "validation")]
+    median_tokens = sorted(lengths)[len(lengths) // 2]  # the upper median of the bench's texts
+    for name, row in report["rows"].items():
+        kind = row["precision"]
+        got = row["floor"]
+        tokens = got["batch1"]["tokens"]
+        assert got["kind"] == kind and tokens == min(median_tokens, 16), (name, lengths)
+        assert got["batch1"]["floor_ms"] == pytest.approx(np_floor_ms(floor, tokens, kind, None)), name
+        assert got["batch1"]["p50_x"] == pytest.approx(row["latency_batch1"]["p50_ms"] / got["batch1"]["floor_ms"])
+        assert set(got["by_seq_len"]) == {"4", "8"}, name
+        for length, value in got["by_seq_len"].items():
+            assert value["floor_ms"] == pytest.approx(np_floor_ms(floor, int(length), kind, None)), (name, length)
+            assert value["p50_x"] == pytest.approx(row["latency_by_seq_len"][length]["p50_ms"] / value["floor_ms"])
+        assert f"| {name} | {kind} | {got['batch1']['p50_x']:.1f}× |" in markdown, name
+
+
+def test_bench_floor_only_writes_floor_json_that_bench_reads(exported_bundle, tmp_path, capsys):
+    from distilintent.bench.floor import to_markdown
+
+    out = tmp_path / "floor"
+    assert cli.main(["bench", "--model", str(exported_bundle), "--floor-only", "--seq-lens", "4,8", "--threads", "1",
+                     "--floor-runs", "3", "--no-progress", "--out", str(out)]) == 0
+    floor = json.loads((out / "floor.json").read_text())
+    assert (out / "floor.md").read_text() == to_markdown(floor) and not (out / "results.json").exists()
+    assert floor["kinds"] == ["fp32", "int8", "int8-dq"] and floor["tokens"] == [4, 8] and floor["threads"] == [1]
+    assert {(e["kind"], e["tokens"]) for e in floor["floors"]} == {(k, m) for k in floor["kinds"] for m in (4, 8)}
+    assert floor["machine"]["cpu"] and "isa" in floor["machine"]
+    report = bench(exported_bundle, tmp_path / "bench", "--backends", "onnx-fp32", "--threads", "1", "--no-plots",
+                   "--floor", str(out / "floor.json"))
+    row = report["rows"]["onnx-fp32"]
+    assert report["floor"]["source"] == f"from {out / 'floor.json'}"
+    assert row["floor"]["batch1"]["p50_x"] == pytest.approx(row["latency_batch1"]["p50_ms"]
+                                                            / row["floor"]["batch1"]["floor_ms"])
+    capsys.readouterr()
+    assert cli.main(["bench", "--model", str(exported_bundle), *FAST, "--backends", "onnx-fp32", "--threads", "2",
+                     "--floor", str(out / "floor.json"), "--out", str(tmp_path / "again")]) == 1
+    assert "measured at threads [1]" in capsys.readouterr().err
+
+
+def test_floor_multiples_hold_each_sdk_row_against_the_floor_of_its_precision_and_threads():
+    from distilintent.bench.results import add_floor_multiples
+
+    arch = {"dim": 4, "n_layers": 1, "n_heads": 2, "hidden_dim": 8}
+    table = [{"kind": kind, "gemm": gemm, "m": m, "k": k, "n": n, "batch": batch, "threads": threads, "copies": copies,
+              "median_s": seconds * m * (2 if threads == 1 else 1) * (1 if kind == "fp32" else 0.25)}
+             for kind in ("fp32", "int8") for threads in (1, 2) for m in (4, 8)
+             for gemm, k, n, batch, copies, seconds in (("qkvo", 4, 4, 1, 4, 1e-6), ("ffn_in", 4, 8, 1, 1, 2e-6),
+                                                       ("ffn_out", 8, 4, 1, 1, 3e-6), ("attn_scores", 2, m, 2, 1, 4e-6),
+                                                       ("attn_context", m, 2, 2, 1, 5e-6))
+             if kind == "fp32" or not gemm.startswith("attn")]
+    floor = {"architecture": arch, "gemms": table}
+
+    def row(kind, precision, threads, p50, by_length=None):
+        entry = {"kind": kind, "precision": precision, "threads": threads, "latency_batch1": {"p50_ms": p50}}
+        if by_length:
+            entry["latency_by_seq_len"] = {length: {"p50_ms": value} for length, value in by_length.items()}
+        return entry
+
+    rows = {"a": row("sdk", "fp32", 1, 1.0, {"4": 0.5, "8": 0.9}), "b": row("sdk", "int8", 2, 0.1),
+            "pipe": row("pipeline", "fp32", 1, 9.0), "bf": row("sdk", "bf16", 1, 1.0)}
+    add_floor_multiples(rows, floor, batch1_tokens=6)
+    assert "floor" not in rows["pipe"] and "floor" not in rows["bf"]
+    # fp32 at 1 thread, M tokens: (4·1 + 2 + 3) µs·M·2 + attention (4 + 5) µs·M·2 = 36 µs·M
+    assert rows["a"]["floor"]["by_seq_len"]["4"] == {"floor_ms": pytest.approx(0.144),
+                                                     "p50_x": pytest.approx(0.5 / 0.144)}
+    assert rows["a"]["floor"]["by_seq_len"]["8"]["p50_x"] == pytest.approx(0.9 / 0.288)
+    assert rows["a"]["floor"]["batch1"] == {"tokens": 6, "floor_ms": pytest.approx(0.216),
+                                            "p50_x": pytest.approx(1.0 / 0.216)}
+    # int8 at 2 threads, 6 tokens: linear layers (9 µs × 0.25) × 6 + attention fp32 9 µs × 6
+    assert rows["b"]["floor"]["kind"] == "int8" and "by_seq_len" not in rows["b"]["floor"]
+    assert rows["b"]["floor"]["batch1"]["floor_ms"] == pytest.approx((9 * 0.25 * 6 + 9 * 6) / 1e3)
+    assert rows["b"]["floor"]["batch1"]["p50_x"] == pytest.approx(0.1 / ((9 * 0.25 * 6 + 9 * 6) / 1e3))

@@ -91,6 +91,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             cells = [f"{by_length[length]['p50_ms']:.2f} / {by_length[length]['p99_ms']:.2f}"
                      if length in by_length else "-" for length in seq_lens]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _floor_lines(report, seq_lens)
     if report.get("skipped"):
         lines += ["", "Not measured:", ""]
         lines += [f"- {name}: {reason}" for name, reason in report["skipped"].items()]
@@ -123,6 +124,29 @@ def to_markdown(report: dict[str, Any]) -> str:
                          "Measured for latency, cold start and memory only: DIET's accuracy at this epoch count is "
                          "not claimed. Rasa has no batch endpoint: throughput at batch 1 only.")
     return "\n".join(lines) + "\n"
+
+
+def _floor_lines(report: dict[str, Any], seq_lens: list[str]) -> list[str]:
+    """The ``× floor`` table: SDK rows' batch-1 p50 ÷ the GEMM floor of their precision (``bench --floor``)."""
+    rows = {name: entry["floor"] for name, entry in report["rows"].items() if entry.get("floor")}
+    floor = report.get("floor")
+    if not rows or not floor:
+        return []
+    tokens = next(iter(rows.values()))["batch1"]["tokens"]
+    lines = ["", "## Against the floor", "",
+             "Batch-1 p50 ÷ the arithmetic floor of the row's precision and thread count: the model's matrix "
+             "products alone, each timed in ONNX Runtime on this CPU (`distilintent.bench.floor`, "
+             f"{floor.get('source', 'measured')}; int8 = `MatMulInteger`, attention products fp32). The batch-1 "
+             f"column is at the texts' median length ({tokens} tokens).", "",
+             f"| row | floor | p50 × floor | floor ms @{tokens} |" + "".join(f" × @{length} tokens |"
+                                                                            for length in seq_lens),
+             "|---|---|---:|---:|" + "---:|" * len(seq_lens)]
+    for name, entry in rows.items():
+        by_length = entry.get("by_seq_len") or {}
+        cells = [_fmt((by_length.get(length) or {}).get("p50_x"), '.1f', '×') for length in seq_lens]
+        lines.append(f"| {name} | {entry['kind']} | {entry['batch1']['p50_x']:.1f}× | "
+                     f"{entry['batch1']['floor_ms']:.3f} |" + "".join(f" {cell} |" for cell in cells))
+    return lines
 
 
 def _line_styles(names: list[str], plt: Any) -> dict[str, dict[str, Any]]:

@@ -88,3 +88,29 @@ def like_for_like(rows: dict[str, Any]) -> list[dict[str, Any]]:
         pairs += [{"row": name, "against": base, "differs": differs, **speedup(entry, rows[base])}
                   for base, differs in against if base is not None]
     return pairs
+
+
+FLOOR_KINDS = {"fp32": "fp32", "int8": "int8"}  # a row's precision → the floor it is held against
+
+
+def add_floor_multiples(rows: dict[str, Any], floor: dict[str, Any], batch1_tokens: int) -> None:
+    """``floor`` of each SDK row: its batch-1 p50 ÷ the GEMM floor (:mod:`distilintent.bench.floor`) of its
+    precision and thread count, at ``batch1_tokens`` (the texts' median token count) and per sequence length."""
+    from distilintent.bench.floor import Architecture, floor_for
+
+    arch = Architecture(**floor["architecture"])
+    for entry in rows.values():
+        kind = FLOOR_KINDS.get(entry.get("precision", ""))
+        if entry.get("kind") != "sdk" or kind is None:
+            continue
+        threads = entry.get("threads")
+        base = floor_for(floor, arch, batch1_tokens, kind, threads)
+        result: dict[str, Any] = {"kind": kind, "batch1": {
+            "tokens": batch1_tokens, "floor_ms": base, "p50_x": entry["latency_batch1"]["p50_ms"] / base}}
+        by_length = {}
+        for length, latency in (entry.get("latency_by_seq_len") or {}).items():
+            at = floor_for(floor, arch, int(length), kind, threads)
+            by_length[length] = {"floor_ms": at, "p50_x": latency["p50_ms"] / at}
+        if by_length:
+            result["by_seq_len"] = by_length
+        entry["floor"] = result

@@ -61,14 +61,108 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not gc.freeze() the bench process's heap after loading the rows")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--floor", nargs="?", const="measure", default=None, metavar="FLOOR.json",
+                        help="also show each SDK row's batch-1 latency as a multiple of the model's GEMM floor "
+                             "(its matrix products timed alone in ONNX Runtime on this CPU): measured here before "
+                             "the rows, or read from a floor.json written by --floor-only (needs the [train] "
+                             "extra's onnx to build the GEMM graphs)")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="measure only the GEMM floor of the bundle's architecture (at --seq-lens, default "
+                             "8,16,32,64; --threads, default 1 and every usable core): writes floor.json and "
+                             "floor.md to --out")
+    parser.add_argument("--floor-runs", type=int, default=200,
+                        help="timed runs per GEMM shape in the floor measurement (default: 200)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
                         help="output directory for results.json, results.md and PNGs (default: bench-results)")
 
 
+def _median_tokens(bundle_path: Path, data: Path | None, split: str | None) -> int:
+    """The median token count ([CLS]/[SEP] included, cut at max_length) of the texts the bench times."""
+    from tokenizers import Tokenizer
+
+    from distilintent.bench.runner import read_texts
+    from distilintent.core.bundle import Bundle
+
+    bundle = Bundle.open(bundle_path)
+    texts, _, _ = read_texts(data, split, bundle)
+    tokenizer = Tokenizer.from_str(bundle.read_bytes("tokenizer.json").decode("utf-8"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    lengths = [min(len(encoding.ids), bundle.max_length) for encoding in tokenizer.encode_batch(texts)]
+    return int(sorted(lengths)[len(lengths) // 2])
+
+
+def _floor(args: argparse.Namespace, tokens: list[int], threads: list[int | None], kinds: tuple[str, ...],
+           progress: bool) -> dict:
+    """The floor report: measured for the bundle's architecture, or read from ``--floor FILE``."""
+    import json
+    from dataclasses import asdict
+
+    from distilintent.bench import floor
+    from distilintent.bench.machine import load_average, machine
+    from distilintent.core.bundle import Bundle
+
+    arch = floor.Architecture.from_manifest(Bundle.open(args.model).manifest)
+    if args.floor not in (None, "measure") and not args.floor_only:
+        report = json.loads(Path(args.floor).read_text())
+        missing = sorted({str(count) for count in threads} - {str(count) for count in report["threads"]})
+        if missing:
+            raise ValueError(f"--floor {args.floor} was measured at threads {report['threads']}, not {missing}: "
+                             "measure it again with --floor-only --threads ...")
+        for kind in kinds:
+            for count in threads:  # every GEMM of this architecture was measured (a missing one raises here)
+                floor.floor_for(report, arch, tokens[0], kind, count)
+        report["source"] = f"from {args.floor}"
+        report["measured_architecture"] = report["architecture"]  # the GEMMs of the same dims are the same
+        report["architecture"] = asdict(arch)
+        return report
+    before = load_average()
+    done: list[int] = []
+
+    def tick(entry: dict) -> None:
+        done.append(1)
+        if progress:
+            print(f"\rfloor: {len(done)} GEMMs timed ({entry['kind']} {entry['gemm']} M={entry['m']} "
+                  f"threads={entry['threads']})", end="", file=sys.stderr)
+
+    report = floor.measure(arch, tokens, threads, kinds, runs=args.floor_runs, progress=tick)
+    if progress:
+        print(file=sys.stderr)
+    report.update(bundle=str(Path(args.model)), source="measured in this run",
+                  machine={**machine(), "load_average_before": before, "load_average_after": load_average()})
+    return report
+
+
+def _floor_only(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from distilintent.bench.floor import DEFAULT_TOKENS, to_markdown
+
+    threads = list(args.threads or dict.fromkeys((1, len(os.sched_getaffinity(0)))))
+    report = _floor(args, list(args.seq_lens or DEFAULT_TOKENS), threads, ("fp32", "int8", "int8-dq"),
+                    not args.no_progress)
+    if sys.argv[1:2] == ["bench"]:
+        report["command"] = "distilintent " + shlex.join(sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "floor.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "floor.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    print(f"wrote {out / 'floor.json'}, {out / 'floor.md'}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from distilintent.bench.report import to_markdown, write_outputs
+    from distilintent.bench.results import add_floor_multiples
     from distilintent.bench.rows import Settings
     from distilintent.bench.runner import run_bench
+
+    if args.floor_runs < 1:
+        raise ValueError("--floor-runs must be positive")
+    if args.floor_only:
+        return _floor_only(args)
 
     if (args.runs < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_texts < 1 or args.cold_start_repeats < 0
             or args.seq_len_runs < 1):
@@ -80,8 +174,16 @@ def run(args: argparse.Namespace) -> int:
                         cold_start_repeats=max(args.cold_start_repeats, 1), bf16=args.bf16,
                         rasa_model=args.rasa_model, rasa_venv=args.rasa_venv, gc_freeze=not args.no_gc_freeze)
     backends = [part.strip() for part in args.backends.split(",") if part.strip()] if args.backends else None
+    floor, batch1_tokens = None, 0
+    if args.floor:
+        batch1_tokens = _median_tokens(Path(args.model), args.data, args.split)
+        floor = _floor(args, sorted({batch1_tokens, *args.seq_lens}), list(settings.threads), ("fp32", "int8"),
+                       not args.no_progress)
     report = run_bench(args.model, settings, backends=backends, data=args.data, split=args.split,
                        progress=not args.no_progress)
+    if floor is not None:
+        add_floor_multiples(report["rows"], floor, batch1_tokens)
+        report["floor"] = floor
     if sys.argv[1:2] == ["bench"]:  # the command line that reproduces the run (not when called in-process)
         report["command"] = "distilintent " + shlex.join(sys.argv[1:])
     written = write_outputs(report, args.out, plots=not args.no_plots)
