@@ -91,14 +91,16 @@ async def burst(url: str, bodies: list[tuple[str, dict]], gate: Gated, queued: i
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         tasks = [asyncio.ensure_future(client.post(f"{url}{path}", json=body)) for path, body in bodies]
         deadline = time.monotonic() + timeout
-        while True:
-            answered = sum(task.done() for task in tasks)
-            waiting = await queued_texts(client, url)
-            if waiting == queued and answered == refused:
-                break
-            assert time.monotonic() < deadline, f"{waiting} texts queued, {answered} answered"
-            await asyncio.sleep(0.02)
-        gate.release.set()
+        try:
+            while True:
+                answered = sum(task.done() for task in tasks)
+                waiting = await queued_texts(client, url)
+                if waiting == queued and answered == refused:
+                    break
+                assert time.monotonic() < deadline, f"{waiting} texts queued, {answered} answered"
+                await asyncio.sleep(0.02)
+        finally:
+            gate.release.set()  # a failed test must not leave the model blocked
         return list(await asyncio.gather(*tasks))
 
 
