@@ -182,6 +182,30 @@ def test_only_dynamically_quantized_onnx_int8_is_run_one_by_one(fp32: IntentDete
     assert mode_for(openvino(), "auto")[0] == "batched"
 
 
+class Exploding(Gated):
+    """A gated detector whose model fails on any batch that holds the text ``boom``."""
+
+    def detect_batch(self, texts: list[str], batch_size: int = 32) -> list[Any]:
+        results = super().detect_batch(texts, batch_size)
+        if "boom" in texts:
+            raise RuntimeError("secret internal detail")
+        return results
+
+
+def test_a_text_that_fails_the_model_fails_only_its_own_request(fp32: IntentDetector) -> None:
+    gate = Exploding(fp32)
+    bodies = [("/model/parse", {"text": text}) for text in ("hello 1", "boom", "bye 2", "rain 3")]
+    bodies.append(("/model/parse/batch", {"texts": ["boom", "x"]}))
+    with running(create_app(gate, batch_wait_ms=2000, max_batch_texts=6), log_level="critical") as url:
+        responses = asyncio.run(burst(url, bodies, gate, queued=6))
+        assert httpx.post(f"{url}/model/parse", json={"text": "after"}).status_code == 200
+    codes = [response.status_code for response in responses]
+    assert codes == [200, 500, 200, 200, 500], [response.text for response in responses]
+    assert "secret" not in responses[1].text and responses[1].json()["reason"] == "InternalError"
+    check_answers([bodies[i] for i in (0, 2, 3)], [responses[i] for i in (0, 2, 3)], fp32)
+    assert max(len(texts) for _, texts in gate.calls) == 6  # they were in one batch
+
+
 def test_a_full_queue_answers_503_with_retry_after_at_once(fp32: IntentDetector) -> None:
     gate = Gated(fp32)
     with running(create_app(gate, max_queue=4, max_batch_texts=2)) as url, httpx.Client(timeout=5) as client:

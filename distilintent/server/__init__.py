@@ -31,8 +31,14 @@ Errors are JSON in Rasa's shape ``{"status": "failure", "reason", "message", "co
 (:mod:`distilintent.server.errors`). Each request writes one access-log line (method, path, status,
 milliseconds; never the text) to the ``distilintent.server.access`` logger (:mod:`distilintent.server.stats`).
 
+Batching (:mod:`distilintent.server.batcher`): the texts of concurrent requests are classified in one
+``detect_batch`` call in a model thread, ``batch_wait_ms`` after the first or at ``max_batch_texts``; past
+``max_queue`` texts a request gets 503 with ``Retry-After`` at once. Variants whose results depend on their
+batch mates (ONNX Runtime dynamic INT8) run texts one by one unless ``batching="on"``; ``/status`` says which.
+
 Modules: ``app`` (the factories), ``routes`` (the handlers), ``protocol`` (request bodies, token, answers),
-``service`` (the model in service, reload, status), ``lifespan`` (SIGHUP, shutdown), ``stats``, ``errors``.
+``service`` (the model in service, reload, status), ``batcher`` (the micro-batcher and its queue),
+``lifespan`` (SIGHUP, shutdown), ``stats``, ``errors``.
 """
 
 from __future__ import annotations
