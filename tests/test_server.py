@@ -7,6 +7,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -272,6 +273,39 @@ def test_access_log_has_one_line_per_request_without_the_text(
     assert [(m["request"], m["status"]) for m in matches] == [
         ("POST /model/parse", "200"), ("POST /model/parse", "400"), ("GET /health", "200")]
     assert not any("private" in line or "secret" in line for line in lines)
+
+
+def test_access_lines_are_written_off_the_event_loop_and_all_of_them_before_shutdown(
+    detector: IntentDetector,
+) -> None:
+    """A slow log handler neither slows the answers (its lines are written by a thread of their own) nor
+    loses a line: the server writes them all before it stops."""
+
+    class Slow(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[tuple[str, str]] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            time.sleep(0.2)
+            self.lines.append((record.threadName, record.getMessage()))
+
+    access = logging.getLogger("distilintent.server.access")
+    handler, level = Slow(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        with running(create_app(detector)) as url, httpx.Client() as client:
+            started = time.monotonic()
+            for _ in range(5):
+                assert client.get(f"{url}/health").status_code == 200
+            elapsed = time.monotonic() - started
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert elapsed < 0.5  # 5 lines take 1 s to write
+    assert len(handler.lines) == 5 and all(ACCESS_LINE.fullmatch(line) for _, line in handler.lines)
+    assert {thread for thread, _ in handler.lines} == {"distilintent-access-log"}
 
 
 def test_the_server_imports_neither_torch_nor_rasa_nor_the_plugin(bundle: Path) -> None:

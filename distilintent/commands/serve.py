@@ -3,6 +3,8 @@
 The token comes from ``$DISTILINTENT_TOKEN``; ``--token`` works too but shows in ``ps`` (a warning says so).
 ``kill -HUP <pid>`` reloads the bundle from ``--model`` without dropping a request (``POST /model/reload``
 does the same for one worker); with ``--workers N`` uvicorn then replaces the workers one by one.
+``--batch-wait-ms``, ``--max-batch-texts``, ``--max-queue`` and ``--batching`` set each worker's micro-batcher
+(:mod:`distilintent.server.batcher`).
 """
 
 from __future__ import annotations

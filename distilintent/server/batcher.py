@@ -128,7 +128,7 @@ class Batcher:
         return self._seen[1]
 
     def describe(self) -> dict[str, Any]:
-        """The ``batching`` part of ``GET /status``."""
+        """The ``batching`` part of ``GET /status`` (``queued_texts``: admitted, not yet answered)."""
         mode, reason = self.mode()
         return {"mode": mode, "setting": self.batching, "reason": reason, "batch_wait_ms": self.wait_s * 1000,
                 "max_batch_texts": self.max_batch_texts, "max_queue": self.max_queue,
