@@ -345,14 +345,14 @@ def _add_to_logits(source: Path, delta: np.ndarray, only_batch_of_one: bool) -> 
 
 
 def _damaging_quantizer(monkeypatch: pytest.MonkeyPatch, delta: np.ndarray, only_batch_of_one: bool) -> None:
-    real = export_module.exporters.quantize_onnx
+    real = export_module.optimize.quantize_fused
 
-    def quantize_then_damage(source: Path, target: Path) -> dict:
-        settings = real(source, target)
+    def quantize_then_damage(source: Path, target: Path, *args, **kwargs) -> dict:
+        settings = real(source, target, *args, **kwargs)
         _add_to_logits(target, delta, only_batch_of_one)
         return settings
 
-    monkeypatch.setattr(export_module.exporters, "quantize_onnx", quantize_then_damage)
+    monkeypatch.setattr(export_module.optimize, "quantize_fused", quantize_then_damage)
 
 
 def _validation_logits(path: Path) -> tuple[np.ndarray, int]:
@@ -422,3 +422,83 @@ def test_the_agreement_gate_also_runs_one_text_at_a_time(
     written = export_bundle(path, formats=("onnx",), int8=True, min_agreement=0.0)
     parity = written["onnx-int8"]["parity"]
     assert (parity["top1_agreement"], parity["top1_agreement_batch1"]) == (1.0, pytest.approx(share))
+
+
+# -- the graph built for inference: ONNX Runtime's fusions, INT8 of the fused graph -----------------------------
+
+FUSED_TINY = {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2, "EmbedLayerNormalization": 1}
+
+
+def _ort_logits(model: bytes, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Batched (padded to the longest) and one-by-one logits of an ONNX model on ``ids``."""
+    from distilintent.sdk.runtimes import OnnxRuntimeModel
+
+    runtime = OnnxRuntimeModel(model, "fp32")
+    try:
+        return runtime.run(ids), np.stack([runtime.run([tokens])[0] for tokens in ids])
+    finally:
+        runtime.close()
+
+
+def test_the_fused_graph_holds_fused_operators_and_matches_torch(tiny_bundle: Path, tmp_path: Path) -> None:
+    from distilintent.training import exporters, optimize
+
+    bundle = Bundle.open(tiny_bundle)
+    model = export_module.load_bundle_model(bundle)
+    encoder = export_module.TextEncoder.from_bundle(bundle)
+    plain, fused = tmp_path / "plain.onnx", tmp_path / "fused.onnx"
+    exporters.export_onnx(model, plain, 18, bundle.max_length)
+    settings = optimize.fuse_onnx(plain, fused, 2, 32, 2)
+    counts = optimize.op_counts(fused)
+    assert {op: counts.get(op, 0) for op in FUSED_TINY} == FUSED_TINY == settings["fused_ops"]
+    assert "Softmax" not in counts and "Erf" not in counts  # inside Attention and BiasGelu
+    reference = export_module._torch_outputs(model, encoder, TEXTS)[0]
+    batched, single = _ort_logits(fused.read_bytes(), encoder.token_ids(TEXTS))
+    assert np.max(np.abs(batched - reference)) <= export_module.TOLERANCE
+    assert np.max(np.abs(single - reference)) <= export_module.TOLERANCE
+
+
+def test_export_serves_the_fused_graph_and_records_how_each_variant_was_built(exported_bundle: Path) -> None:
+    from distilintent.training import optimize
+
+    counts = optimize.op_counts(exported_bundle / "onnx/model.onnx")
+    assert {op: counts.get(op, 0) for op in FUSED_TINY} == FUSED_TINY
+    int8_counts = optimize.op_counts(exported_bundle / "onnx/model_int8.onnx")
+    assert int8_counts.get("QAttention") == 2 and "Attention" not in int8_counts  # INT8 of the fused graph
+    variants = Bundle.open(exported_bundle).manifest["variants"]
+    assert variants["onnx-fp32"]["graph"] == "fused"
+    entry = variants["onnx-int8"]
+    assert "weights" not in entry  # that key names an OpenVINO weights file
+    chosen = export_module.ONNX_INT8
+    assert (entry["graph"], entry["quantization"], entry["weight_type"], entry["activation_type"],
+            entry["per_channel"]) == ("fused", chosen["quantization"], chosen["weights"], chosen["activations"],
+                                      chosen["per_channel"])
+    assert variants["openvino-int8"]["quantization"] == "static"
+
+
+def test_the_chosen_int8_variant_passes_the_default_gates(trained_exported: tuple[Path, list]) -> None:
+    from distilintent.training import optimize
+
+    path, _ = trained_exported
+    entry = Bundle.open(path).manifest["variants"]["onnx-int8"]
+    assert (entry["graph"], entry["quantization"]) == ("fused", export_module.ONNX_INT8["quantization"])
+    assert min(entry["parity"]["top1_agreement"], entry["parity"]["top1_agreement_batch1"]) >= MIN_AGREEMENT
+    layers = optimize.op_counts(path / "onnx/model.onnx")["Attention"]
+    counts = optimize.op_counts(path / "onnx/model_int8.onnx")
+    assert layers > 0 and counts.get("QAttention") == layers  # INT8 of the fused graph, attention included
+    assert counts.get("DynamicQuantizeMatMul", 0) + counts.get("MatMulInteger", 0) > 0
+
+
+def test_static_int8_results_do_not_depend_on_batch_mates(trained_exported: tuple[Path, list], tmp_path: Path) -> None:
+    source, _ = trained_exported
+    logits = {}
+    for quantization in ("static", "dynamic"):
+        path = copy_bundle(source, tmp_path / quantization / "assistant")
+        written = export_bundle(path, formats=("onnx",), int8=True, onnx_int8={"quantization": quantization})
+        assert written["onnx-int8"]["quantization"] == quantization
+        encoder = export_module.TextEncoder.from_bundle(Bundle.open(path))
+        logits[quantization] = _ort_logits((path / "onnx/model_int8.onnx").read_bytes(), encoder.token_ids(TEXTS))
+    batched, alone = logits["static"]
+    assert np.max(np.abs(batched - alone)) <= 1e-5
+    batched, alone = logits["dynamic"]  # the contrast: per-call activation ranges change with the batch
+    assert np.max(np.abs(batched - alone)) > 1e-5

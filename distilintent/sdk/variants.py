@@ -6,11 +6,14 @@ has and whose runtime is installed: ``onnx-int8``, ``openvino-int8``, ``onnx-fp3
 Why (384-wide model, batch 1): INT8 beats FP32 on every CPU measured. ONNX Runtime's dynamic INT8
 took half the CPU time of OpenVINO INT8 on an AVX2-only EPYC (4.93 vs 12.23 ms at 1 thread,
 ``distilintent bench``, ``benchmarks/results/results.md``; without
-VNNI/AMX OpenVINO runs generic int8 GEMMs) and was on par with OpenVINO's static-shape INT8 on a Xeon
-with AMX (1.6 vs 1.5 ms, measured by the project's runtime notes), while it starts about 3× faster (no
-~0.4 s ``import openvino``) in half the memory: only ONNX Runtime meets the cold start ≤ 0.5 s and
-RSS ≤ 200 MB targets. Pass ``backend="openvino"`` to prefer OpenVINO (e.g. on AMX servers that run
-large batches, where it had the higher throughput).
+VNNI/AMX OpenVINO runs generic int8 GEMMs). On a Xeon with AVX-512 VNNI and AMX
+(``benchmarks/int8_variants.py``, ``benchmarks/results/int8_variants.md``, CLINC150, 1 thread) ONNX
+Runtime's INT8 of the fused graph (``onnx-int8``) had p50/p99 1.34/2.16 ms, OpenVINO's static-shape
+INT8 1.17/5.28 ms (FP32: ORT fused 3.67/5.93, OpenVINO 5.65/10.25): OpenVINO's median is 13 % lower,
+its tail 2.4× longer. ONNX Runtime also starts about 3× faster (no ~0.4 s ``import openvino``) in half
+the memory: only it meets the cold start ≤ 0.5 s and RSS ≤ 200 MB targets. Pass
+``backend="openvino"`` to prefer OpenVINO (e.g. on AMX servers that run large batches, where it had
+the higher throughput).
 
 A requested variant that the bundle lacks falls back, with a warning, to the nearest one that it has
 (same backend first, then same precision). A variant is unusable when its runtime is not installed or
