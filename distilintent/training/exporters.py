@@ -71,7 +71,9 @@ def export_onnx(model: IntentModel, path: Path, opset: int, max_length: int) -> 
 
 
 def quantize_onnx(source: Path, target: Path) -> dict[str, Any]:
-    """ONNX Runtime dynamic INT8 quantization (weights per output channel; activations per call).
+    """ONNX Runtime dynamic INT8 quantization of the plain graph (weights per output channel; activations per
+    call): the previous ``onnx-int8``, kept for ``benchmarks/int8_variants.py``; export now quantizes the
+    fused graph (:func:`distilintent.training.optimize.quantize_fused`).
 
     ``reduce_range`` (7-bit weights) avoids the int16 saturation of the u8×s8 kernels on CPUs without
     VNNI. Measured on the 384-wide model (AVX2 CPU): max |Δlogit| vs FP32 0.042, against 0.095 for the

@@ -157,13 +157,15 @@ STATIC_OPS = ("MatMul", "Gemm")  # QDQ has no Attention: its packed QKV MatMul s
 
 class _Feeds:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over token-id lists, one text per call
-    (unpadded, as the latency path runs them)."""
+    (unpadded, as the latency path runs them; padded to ``width`` where given: the histogram
+    calibrators need one shape)."""
 
-    def __init__(self, token_ids: Sequence[Sequence[int]], pad_id: int, inputs: Sequence[str]) -> None:
+    def __init__(self, token_ids: Sequence[Sequence[int]], pad_id: int, inputs: Sequence[str],
+                 width: int | None = None) -> None:
         self._items = []
         for tokens in token_ids:
-            input_ids = np.empty((1, len(tokens)), dtype=np.int64)
-            attention_mask = np.empty((1, len(tokens)), dtype=np.int64)
+            input_ids = np.empty((1, width or len(tokens)), dtype=np.int64)
+            attention_mask = np.empty((1, width or len(tokens)), dtype=np.int64)
             pad_into([tokens], input_ids, attention_mask, pad_id)
             feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
             self._items.append({name: feed[name] for name in inputs})
@@ -210,7 +212,8 @@ def quantize_fused(source: Path, target: Path, quantization: str = "dynamic", *,
             inputs = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
             methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
-            quantize_static(str(source), str(target), _Feeds(token_ids, pad_id, inputs),
+            width = None if calibrate_method == "minmax" else max(len(tokens) for tokens in token_ids)
+            quantize_static(str(source), str(target), _Feeds(token_ids, pad_id, inputs, width),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OPS),
                             per_channel=per_channel, reduce_range=False, activation_type=types[activations],
                             weight_type=types[weights], calibrate_method=methods[calibrate_method],
