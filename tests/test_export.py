@@ -502,3 +502,26 @@ def test_static_int8_results_do_not_depend_on_batch_mates(trained_exported: tupl
     assert np.max(np.abs(batched - alone)) <= 1e-5
     batched, alone = logits["dynamic"]  # the contrast: per-call activation ranges change with the batch
     assert np.max(np.abs(batched - alone)) > 1e-5
+
+
+def test_fusions_that_do_not_apply_leave_the_plain_graph_serving(tiny_bundle: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Another onnxruntime whose fusion patterns miss our graph (seen with 1.23 in the Rasa venv): warn, export."""
+    from distilintent.sdk import IntentDetector
+    from distilintent.training import optimize
+
+    def no_fusion(*args: object) -> dict:
+        raise ValueError("the ONNX Runtime fusions did not apply to the exported graph: SkipLayerNormalization 0 of 4")
+
+    monkeypatch.setattr(optimize, "fuse_onnx", no_fusion)
+    path = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    with caplog.at_level("WARNING", logger="distilintent.training.export"):
+        export_module.export_bundle(path, formats=("onnx",), int8=True, min_agreement=0.5,
+                                    calibration=["hello there", "book a flight to Paris", "bye", "will it rain"])
+    assert "exporting the plain graph" in caplog.text
+    variants = Bundle.open(path).manifest["variants"]
+    assert (variants["onnx-fp32"]["graph"], variants["onnx-int8"]["graph"]) == ("plain", "plain")
+    assert "Attention" not in optimize.op_counts(path / "onnx/model.onnx")
+    with IntentDetector(path, precision="fp32") as detector:
+        assert detector.detect("book a flight to Paris").ranking

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import random
 import shutil
@@ -49,6 +50,7 @@ from distilintent.training.export_graph import PlainIntentGraph
 from distilintent.training.inference import TorchPredictor
 from distilintent.training.model import load_bundle_model
 
+log = logging.getLogger(__name__)
 FORMATS = ("onnx", "openvino")
 LEGACY_SAMPLES = "samples"  # the folder inside bundles written before the samples moved next to them
 TOLERANCE = 1e-3
@@ -171,10 +173,14 @@ def _convert(model: Any, encoder: TextEncoder, max_length: int, names: Sequence[
         graph = "plain"
         if PlainIntentGraph.supports(model):
             config = model.encoder.config
-            fusion = optimize.fuse_onnx(plain_path, onnx_path, config.n_heads, config.dim, config.n_layers)
-            onnx_settings["fusion"] = fusion
-            graph = "fused"
-        else:  # another encoder: its transformers graph has none of the patterns the fusions match
+            try:
+                onnx_settings["fusion"] = optimize.fuse_onnx(plain_path, onnx_path, config.n_heads, config.dim,
+                                                             config.n_layers)
+                graph = "fused"
+            except ValueError as err:  # e.g. another onnxruntime's fusion patterns: the plain graph still serves
+                log.warning("%s; exporting the plain graph (slower at batch 1, same results)", err)
+                onnx_settings["fusion"] = {"skipped": str(err)}
+        if graph == "plain":  # another encoder, or fusions that did not apply
             shutil.copyfile(plain_path, onnx_path)
         files["onnx-fp32"] = {"settings": dict(onnx_settings), "build": {"graph": graph}}
         if "onnx-int8" in names:
