@@ -445,3 +445,14 @@ def test_the_batch_ranking_equals_the_per_text_ranking(rows: int, labels: int, s
             if not tied or k == labels:  # a tie across the k-th place may keep either label
                 assert indices[row].tolist() == order.tolist()
             np.testing.assert_allclose(values[row], probs[order], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_serving_leaves_the_processs_floating_point_alone(exported_bundle: Path, backend: str) -> None:
+    """No flush-to-zero / denormals-are-zero left behind in the caller's thread: users' numpy keeps IEEE 754."""
+    smallest_normal = np.float64(2.2250738585072014e-308)
+    with IntentDetector(exported_bundle, backend=backend) as det:
+        det.detect("book a flight to Paris")
+        det.detect_batch(["hello there", "bye for now"])
+        assert smallest_normal / np.float64(4.0) > 0  # a subnormal result, not flushed to 0
+        assert np.float32(1e-40) * np.float32(1.0) > 0
