@@ -159,7 +159,7 @@ def test_dynamic_int8_runs_one_by_one_and_status_says_so(int8: IntentDetector) -
     with running(create_app(gate, max_batch_texts=16)) as url:
         status = httpx.get(f"{url}/status").json()["batching"]
         responses = asyncio.run(burst(url, bodies, gate, queued=len(model_texts(bodies))))
-    assert status["mode"] == "one_by_one" and "dynamic INT8" in status["reason"]
+    assert status["mode"] == "one_by_one" and "batch mates change its answers, measured at export" in status["reason"]
     check_answers(bodies, responses, int8, exact=True)
     assert {kind for kind, _ in gate.calls} == {"one"}
     with running(create_app(int8, batching="on")) as url:
@@ -167,19 +167,24 @@ def test_dynamic_int8_runs_one_by_one_and_status_says_so(int8: IntentDetector) -
     assert (status["mode"], status["setting"]) == ("batched", "on")
 
 
-def test_only_dynamically_quantized_onnx_int8_is_run_one_by_one(fp32: IntentDetector, int8: IntentDetector) -> None:
-    class Static:
-        variant = Variant("onnx-int8-static", "onnxruntime", "int8", "onnx/model.int8.static.onnx")
-        manifest = {"variants": {"onnx-int8-static": {"backend": "onnxruntime", "precision": "int8",
-                                                      "quantization": "static"}}}
-
-    assert int8.manifest["variants"][int8.variant.name]["export"]["quantization"]["tool"]  # what auto reads
+def test_the_mode_follows_the_batch_effect_export_measured(fp32: IntentDetector, int8: IntentDetector) -> None:
+    variants = fp32.manifest["variants"]
+    for name in ("onnx-fp32", "openvino-fp32"):  # measured at export: batch mates change nothing in FP32
+        assert variants[name]["batch_invariant"] is True and variants[name]["parity"]["max_batch_effect"] <= 1e-5
+    assert variants["onnx-int8"]["batch_invariant"] is False  # dynamic INT8: one activation scale per batch
+    assert variants["onnx-int8"]["parity"]["max_batch_effect"] > 1e-5
     assert mode_for(int8, "auto")[0] == "one_by_one"
-    assert mode_for(Static(), "auto")[0] == "batched"
     assert mode_for(fp32, "auto")[0] == "batched"
     assert mode_for(fp32, "off")[0] == "one_by_one"
-    openvino = type("OV", (), {"variant": Variant("openvino-int8", "openvino", "int8", "x.xml"), "manifest": {}})
-    assert mode_for(openvino(), "auto")[0] == "batched"
+
+    def detector(name: str, precision: str, entry: dict[str, Any]) -> Any:
+        return type("D", (), {"variant": Variant(name, "openvino", precision, "x.xml"),
+                              "manifest": {"variants": {name: entry}}})()
+
+    assert mode_for(detector("openvino-int8", "int8", {"batch_invariant": True}), "auto")[0] == "batched"
+    assert mode_for(detector("openvino-fp32", "fp32", {"batch_invariant": False}), "auto")[0] == "one_by_one"
+    assert mode_for(detector("openvino-int8", "int8", {}), "auto")[0] == "one_by_one"  # not measured: INT8 is not
+    assert mode_for(detector("openvino-fp32", "fp32", {}), "auto")[0] == "batched"
 
 
 class Exploding(Gated):

@@ -52,30 +52,27 @@ def check_batching(batch_wait_ms: float, max_batch_texts: int, max_queue: int, b
         raise ValueError(f"batching must be one of {BATCHING_SETTINGS}, got {batching!r}")
 
 
-def quantization_of(entry: dict[str, Any]) -> str:
-    """``static`` or ``dynamic``: how a manifest variant entry says it was quantized (unknown: dynamic)."""
-    for where in (entry, entry.get("export") or {}):
-        how = where.get("quantization") if isinstance(where, dict) else None
-        if isinstance(how, dict):
-            how = how.get("mode") or how.get("method") or how.get("tool")
-        if isinstance(how, str):
-            lowered = how.lower()
-            if lowered == "static" or "quantize_static" in lowered or "qdq" in lowered:
-                return "static"
-            return "dynamic"
-    return "dynamic"
-
-
 def batch_dependent(detector: Any) -> tuple[bool, str]:
-    """Whether the detector's results change with their batch mates, and why (for ``/status``)."""
+    """Whether the detector's results change with their batch mates, and why (for ``/status``).
+
+    Export measures it (``batch_invariant`` in the variant's manifest entry: the largest probability
+    change between a text alone and in a batch of 32 is at most 1e-5). Without that record, INT8 counts as
+    batch-dependent (dynamic INT8 quantizes activations per batch; OpenVINO's static-shape INT8 models
+    round differently from its dynamic one) and FP32 as batch-invariant.
+    """
     variant = getattr(detector, "variant", None)
     name = getattr(variant, "name", None) or "this detector"
-    if getattr(variant, "backend", None) != "onnxruntime" or getattr(variant, "precision", None) != "int8":
-        return False, f"{name}: results do not depend on batch mates"
     entry = ((getattr(detector, "manifest", None) or {}).get("variants") or {}).get(getattr(variant, "name", ""), {})
-    if quantization_of(entry if isinstance(entry, dict) else {}) == "static":
-        return False, f"{name}: statically quantized INT8, results do not depend on batch mates"
-    return True, f"{name}: dynamic INT8 quantizes activations per batch, so results depend on batch mates"
+    measured = entry.get("batch_invariant") if isinstance(entry, dict) else None
+    if isinstance(measured, bool):
+        effect = (entry.get("parity") or {}).get("max_batch_effect")
+        detail = f" (largest probability change {effect:.1e})" if isinstance(effect, float) else ""
+        if measured:
+            return False, f"{name}: batch mates change no answer, measured at export{detail}"
+        return True, f"{name}: batch mates change its answers, measured at export{detail}"
+    if getattr(variant, "precision", None) == "int8":
+        return True, f"{name}: INT8 not measured at export for batch effects (re-export to measure)"
+    return False, f"{name}: FP32 results do not depend on batch mates"
 
 
 def mode_for(detector: Any, batching: str) -> tuple[str, str]:

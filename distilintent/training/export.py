@@ -42,6 +42,7 @@ import torch
 from distilintent.core.bundle import Bundle, update_bundle
 from distilintent.core.data import Example, load_examples
 from distilintent.core.errors import DataError, DistilIntentError
+from distilintent.core.metrics import softmax
 from distilintent.core.samples import read_samples, samples_dir, write_samples
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import load_runtime
@@ -55,6 +56,7 @@ FORMATS = ("onnx", "openvino")
 LEGACY_SAMPLES = "samples"  # the folder inside bundles written before the samples moved next to them
 TOLERANCE = 1e-3
 MIN_AGREEMENT = 0.99
+BATCH_INVARIANCE = 1e-5  # largest probability change by batch mates for a variant the server may batch
 CALIBRATION_SIZE = 300
 PROBE_TEXTS = ("hello", "what is the weather like tomorrow", "book a flight to paris for two people", "bye",
                "i would like to cancel my order and get a refund please", "?")
@@ -222,6 +224,8 @@ def _check(name: str, work: Path, encoder: TextEncoder, texts: Sequence[str],
     embedding_diff = float(np.max(np.abs(embedding - reference_embedding))) if embedding is not None else None
     agreement = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
     agreement_single = float(np.mean(one_by_one.argmax(-1) == reference[: len(one_by_one)].argmax(-1)))
+    # what batch mates change: the largest probability difference of a text alone and in a batch of 32
+    batch_effect = float(np.max(np.abs(softmax(logits[: len(one_by_one)]) - softmax(one_by_one))))
     if precision == "fp32" and not diff <= tolerance:
         raise ExportError(f"{name}: logits differ from torch by up to {diff:.2e} (tolerance {tolerance:.0e}) on "
                           f"{len(texts)} texts; the bundle was not changed")
@@ -243,7 +247,10 @@ def _check(name: str, work: Path, encoder: TextEncoder, texts: Sequence[str],
         "outputs": ["logits", "sentence_embedding"] if embedding is not None else ["logits"],
         "parity": {"n": len(texts), "max_abs_logit_diff": diff, "max_abs_embedding_diff": embedding_diff,
                    "top1_agreement": agreement,
-                   "n_batch1": len(one_by_one), "top1_agreement_batch1": agreement_single},
+                   "n_batch1": len(one_by_one), "top1_agreement_batch1": agreement_single,
+                   "max_batch_effect": batch_effect},
+        # the server batches concurrent requests only where that changes no answer
+        "batch_invariant": batch_effect <= BATCH_INVARIANCE,
         "validation_accuracy": _accuracy(logits, labels),
     }
     if weights:
