@@ -100,13 +100,9 @@ def profile_onnx(bundle: Bundle, variant: Any, ids: list[int], threads: int | No
     run_ms = {"model": lambda: plain.run(None, feed)}
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.log_severity_level = 3
+    from distilintent.sdk.runtimes import ort_session_options
+
+    options = ort_session_options(threads)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")

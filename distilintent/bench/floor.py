@@ -166,14 +166,9 @@ def session(model: bytes, threads: int | None) -> Any:
     """An ``InferenceSession`` with the SDK's options (:class:`distilintent.sdk.runtimes.OnnxRuntimeModel`)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    from distilintent.sdk.runtimes import ort_session_options
+
+    return ort.InferenceSession(model, ort_session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def time_gemm(kind: str, gemm: Gemm, count: int, threads: int | None, runs: int = 200,

@@ -91,6 +91,26 @@ _ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "exten
                "all": "ORT_ENABLE_ALL"}
 
 
+def ort_session_options(threads: int | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """The ``onnxruntime.SessionOptions`` the SDK serves with: :data:`ORT_SESSION_DEFAULTS` and ``overrides``
+    (``graph_optimization_level``: ``disable``/``basic``/``extended``/``all``; ``"session.…"`` config entries),
+    sequential execution, ``threads`` intra-op threads (None: one per core)."""
+    import onnxruntime as ort
+
+    settings = {**ORT_SESSION_DEFAULTS, **(overrides or {})}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               _ORT_LEVELS[settings.pop("graph_optimization_level")])
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    for key, value in settings.items():  # ONNX Runtime session config entries, e.g. session.intra_op.allow_spinning
+        options.add_session_config_entry(key, str(value))
+    options.log_severity_level = 3
+    return options
+
+
 class OnnxRuntimeModel:
     """An ONNX model in an ``onnxruntime.InferenceSession`` on the CPU.
 
@@ -108,17 +128,7 @@ class OnnxRuntimeModel:
                 "the ONNX Runtime backend needs 'onnxruntime', a base dependency of distilintent that is not "
                 "installed: pip install onnxruntime"
             ) from err
-        settings = {**ORT_SESSION_DEFAULTS, **(session_options or {})}
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                   _ORT_LEVELS[settings.pop("graph_optimization_level")])
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        for key, value in settings.items():  # ONNX Runtime session config entries, e.g. session.set_denormal_as_zero
-            options.add_session_config_entry(key, str(value))
-        options.log_severity_level = 3
+        options = ort_session_options(threads, session_options)
         self.session_options = {**ORT_SESSION_DEFAULTS, **(session_options or {})}
         try:
             self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
