@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# the public data sets next to the checkout (a clone elsewhere: point $DISTILINTENT_SHARED_DATA at them)
+SHARED_DATA = Path(os.environ.get("DISTILINTENT_SHARED_DATA") or REPO.parent / "shared" / "data")
 TINY_LABELS = ("greet", "goodbye", "book_flight", "weather")
 
 
