@@ -13,7 +13,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 if ! .venv/bin/python -m pip show torch 2>/dev/null | grep -q '^Version: 2\.13\.0'; then
   # where PyTorch's index is out of reach (e.g. behind a registry mirror with a local CPU wheel), plain pip
-  .venv/bin/python -m pip install --quiet --timeout 20 --index-url "$TORCH_INDEX_URL" "torch==2.13.0" \
+  .venv/bin/python -m pip install --quiet --timeout 20 --retries 1 --index-url "$TORCH_INDEX_URL" "torch==2.13.0" \
     || .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[train,openvino,server,test]"
