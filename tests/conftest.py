@@ -16,8 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-# the public data sets next to the checkout (a clone elsewhere: point $DISTILINTENT_SHARED_DATA at them)
-SHARED_DATA = Path(os.environ.get("DISTILINTENT_SHARED_DATA") or REPO.parent / "shared" / "data")
+# The public data sets: $DISTILINTENT_SHARED_DATA, else next to the checkout, else the project's workplace copy.
+_DATA_CANDIDATES = [Path(os.environ["DISTILINTENT_SHARED_DATA"])] if os.environ.get("DISTILINTENT_SHARED_DATA") else [
+    REPO.parent / "shared" / "data", Path("/work/shared/data")]
+SHARED_DATA = next((path for path in _DATA_CANDIDATES if path.is_dir()), _DATA_CANDIDATES[0])
 TINY_LABELS = ("greet", "goodbye", "book_flight", "weather")
 
 
