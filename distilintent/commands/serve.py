@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=64 * 1024,
                         help="larger request bodies get 413 (default 65536)")
     parser.add_argument("--max-batch", type=int, default=256, help="most texts per /model/parse/batch request")
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0,
-                        help="gather concurrent requests' texts into one model call for up to this long after the "
-                             "first (default 2; 0: only what is already queued)")
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0,
+                        help="also wait this long after a batch's first text for more (default 0: a batch is what "
+                             "queued while the previous model call ran, so a lone request waits for nothing)")
     parser.add_argument("--max-batch-texts", type=int, default=32,
                         help="most texts per model call; a full batch runs at once (default 32)")
     parser.add_argument("--max-queue", type=int, default=1024,

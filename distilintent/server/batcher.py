@@ -29,7 +29,7 @@ from distilintent.server.service import Service
 
 logger = logging.getLogger("distilintent.server")
 BATCHING_SETTINGS = ("auto", "on", "off")
-DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_BATCH_WAIT_MS = 0.0  # FP32, 50 clients: 340.9 vs 343.6 req/s with 2 ms, and a lone request waits 0
 DEFAULT_MAX_BATCH_TEXTS = 32
 DEFAULT_MAX_QUEUE = 1024  # four batch requests of the default --max-batch 256
 RETRY_AFTER_S = 1
