@@ -14,7 +14,8 @@ Routes:
   Rasa's own server answers it: that intent (confidence 1.0 unless given) and those entities.
 - ``POST /model/parse/batch`` ``{"texts": [...], "token"?}`` → ``{"results": [<parse answer>, ...]}``.
 - ``GET /status`` (token required when one is set): labels, model summary (with its ``fingerprint`` and
-  ``loaded_at``, which change on a reload, and the number of ``reloads``), request counts, the worker's pid.
+  ``loaded_at``, which change on a reload, the number of ``reloads`` and of ``reloads_failed``), request
+  counts, the worker's pid.
 - ``GET /health``: ``{"status": "ok"}``, never needs the token.
 - ``POST /model/reload`` (token required when one is set): load the bundle at the path the server was
   started with again, e.g. after ``distilintent train``/``export`` replaced it. A body, if any, must be a

@@ -83,6 +83,7 @@ class Service:
         self.model_path = model_path
         self.detector_options = dict(detector_options or {})
         self.reloads = 0
+        self.reloads_failed = 0  # bundles refused by a reload (the old model kept serving)
         self._model = LoadedModel(detector, owns_detector)
         self._lock = threading.Lock()  # guards _model and the users counts
         self._reload_lock = threading.Lock()  # one reload at a time
@@ -126,7 +127,11 @@ class Service:
             started = time.perf_counter()
             current = self._model
             still = f"still serving the model loaded at {current.loaded_at} (fingerprint {current.fingerprint})"
-            detector, notes = self._load(still)
+            try:
+                detector, notes = self._load(still)
+            except RequestError:
+                self.reloads_failed += 1
+                raise
             new = LoadedModel(detector, owned=True)
             with self._lock:
                 old, self._model = self._model, new
@@ -174,7 +179,8 @@ class Service:
         detector = loaded.detector
         manifest = dict(getattr(detector, "manifest", None) or {})
         model = {key: manifest[key] for key in MANIFEST_SUMMARY if key in manifest}
-        model.update(fingerprint=loaded.fingerprint, loaded_at=loaded.loaded_at, reloads=self.reloads)
+        model.update(fingerprint=loaded.fingerprint, loaded_at=loaded.loaded_at, reloads=self.reloads,
+                     reloads_failed=self.reloads_failed)
         answer = {
             "status": "ok",
             "version": __version__,
