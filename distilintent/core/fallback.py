@@ -98,10 +98,6 @@ class FallbackRule:
         """This rule's temperature and out-of-scope label with a plain minimum confidence instead."""
         return FallbackRule.minimum_confidence(confidence, self.temperature, self.oos_index)
 
-    @property
-    def needs_embeddings(self) -> bool:
-        return self.method in EMBEDDING_METHODS
-
     def scores(self, logits: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
         """The out-of-scope scores (higher: more out of scope) of a batch."""
         return ood_scores(self.method, logits, embeddings, temperature=self.temperature, stats=self.stats,

@@ -48,7 +48,10 @@ def read_samples(bundle_path: str | os.PathLike[str], name: str) -> list[Example
     if name not in SAMPLE_NAMES:
         raise ValueError(f"unknown sample {name!r}; expected one of {SAMPLE_NAMES}")
     path = samples_dir(bundle_path) / f"{name}.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return parse_samples(path.read_text(encoding="utf-8"), name) if path.is_file() else []
+
+
+def parse_samples(jsonl: str, name: str) -> list[Example]:
+    """The examples of a sample file's text (one ``{"text", "label"}`` object per line)."""
+    rows = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
     return [Example(str(row["text"]), str(row["label"]), name if name == "validation" else "train") for row in rows]

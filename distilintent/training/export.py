@@ -26,7 +26,6 @@ them next to the bundle and drops them from it, so the exported bundle holds no 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import random
@@ -43,7 +42,7 @@ from distilintent.core.bundle import Bundle, update_bundle
 from distilintent.core.data import Example, load_examples
 from distilintent.core.errors import DataError, DistilIntentError
 from distilintent.core.metrics import softmax
-from distilintent.core.samples import read_samples, samples_dir, write_samples
+from distilintent.core.samples import parse_samples, read_samples, samples_dir, write_samples
 from distilintent.core.tokenization import TextEncoder
 from distilintent.sdk.runtimes import load_runtime
 from distilintent.training import exporters, optimize
@@ -300,9 +299,7 @@ def _samples(bundle: Bundle) -> Samples:
         if kept:
             found[name] = (kept, f"{samples_dir(bundle.path).name}/{name}.jsonl")
         elif legacy.get(name):
-            lines = bundle.read_bytes(legacy[name]).decode("utf-8").splitlines()
-            rows = [json.loads(line) for line in lines if line.strip()]
-            found[name] = ([Example(str(row["text"]), str(row["label"])) for row in rows], legacy[name])
+            found[name] = (parse_samples(bundle.read_bytes(legacy[name]).decode("utf-8"), name), legacy[name])
         else:
             found[name] = ([], "")
     return found
